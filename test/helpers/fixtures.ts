@@ -2,6 +2,7 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseJsonLenient } from "../../src/pipeline/manifest.js";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const fixturesRoot = path.resolve(process.env.BLIPDIFF_FIXTURES ?? path.join(repoRoot, "..", "shared", "fixtures"));
@@ -59,7 +60,8 @@ export class Fixture {
 
   constructor(readonly name: string) {
     this.dir = path.join(fixturesRoot, name);
-    this.json = JSON.parse(readFileSync(path.join(this.dir, "golden.json"), "utf8"));
+    // golden.json holds bare -Infinity/NaN as Python writes them, which JSON.parse rejects.
+    this.json = parseJsonLenient(readFileSync(path.join(this.dir, "golden.json"), "utf8")) as Record<string, any>;
   }
 
   tensor(name: string): GoldenTensor {

@@ -1,0 +1,19 @@
+// The blipdiff addon: registers the classes and functions of native/src/napi, nothing else.
+#include <napi.h>
+
+#include "napi/build_info.h"
+#include "napi/pipeline_wrap.h"
+#include "napi/scheduler_wrap.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Pipeline", blipdiff::napi::PipelineWrap::Init(env));
+  exports.Set("Scheduler", blipdiff::napi::SchedulerWrap::Init(env));
+  exports.Set("buildInfo", Napi::Function::New<blipdiff::napi::BuildInfo>(env, "buildInfo"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(blipdiff, Init)

@@ -1,0 +1,126 @@
+#include "core/model.h"
+
+#include <torch/cuda.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include "core/errors.h"
+#include "core/sha256.h"
+
+namespace blipdiff {
+
+c10::Device resolve_device(const std::string& name) {
+  std::optional<c10::Device> device;
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda())) {
+    throw InvalidArgument("Expected \"cpu\", \"cuda\" or \"cuda:N\" for device but received \"" + name + "\"");
+  }
+  if (device->is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      throw Error(codes::kDevice, "CUDA was requested (device \"" + name +
+                                      "\") but this build of the addon or this machine has no usable CUDA device; "
+                                      "use `--device cpu`");
+    }
+    const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+    if (device->has_index() && device->index() >= count) {
+      throw Error(codes::kDevice, "CUDA device " + std::to_string(device->index()) + " does not exist (" +
+                                      std::to_string(count) + " device(s) found)");
+    }
+    if (!device->has_index()) device = c10::Device(c10::kCUDA, 0);
+  }
+  return *device;
+}
+
+void check_dtype_for_device(DType dtype, const c10::Device& device) {
+  // BLIPDIFF_CPU_HALF=1 is a developer switch: it runs the reduced-precision path on the CPU (slow) to
+  // check the modules' dtype handling on machines without CUDA.
+  const char* dev_switch = std::getenv("BLIPDIFF_CPU_HALF");
+  if (dev_switch && std::string(dev_switch) == "1") return;
+  if (dtype != DType::kFloat32 && !device.is_cuda()) {
+    throw InvalidArgument("dtype " + std::string(to_string(dtype)) + " is only supported on CUDA; use float32 with " +
+                          device.str());
+  }
+}
+
+// Allocator tuning. Each denoising step allocates the same large activation buffers again. glibc
+// serves blocks above M_MMAP_THRESHOLD with mmap and returns them to the OS on free (and trims the
+// heap top above M_TRIM_THRESHOLD), so every step page-faults its buffers in again: measured 2-3x on
+// the full-size UNet/VAE stages on CPU. Keeping freed memory in the heap (no mmap for large blocks,
+// no trimming) makes later steps reuse the same pages. The cost: peak RSS is not returned to the OS
+// until the process exits, which suits a CLI and a long-lived generation server alike.
+// BLIPDIFF_MALLOC_TUNING=0 keeps glibc's defaults.
+void configure_cpu_runtime_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#if defined(__GLIBC__)
+    const char* env = std::getenv("BLIPDIFF_MALLOC_TUNING");
+    if (env && std::string(env) == "0") return;
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TOP_PAD, 64 << 20);
+#endif
+  });
+}
+
+namespace {
+
+// Casts floating-point parameters and buffers only: Module::to(dtype) would also cast integer buffers
+// (e.g. CLIP's position_ids), breaking the embedding lookups.
+void cast_floating(torch::jit::Module& module, at::ScalarType dtype) {
+  at::NoGradGuard no_grad;
+  for (at::Tensor p : module.parameters()) {
+    if (p.is_floating_point()) p.set_data(p.to(dtype));
+  }
+  for (at::Tensor b : module.buffers()) {
+    if (b.is_floating_point()) b.set_data(b.to(dtype));
+  }
+}
+
+torch::jit::Module load_one(const ModuleFile& file, const std::string& what, const LoadOptions& options,
+                            const c10::Device& device) {
+  if (!std::filesystem::exists(file.path)) {
+    throw Error(codes::kModel, "the " + what + " module " + file.path +
+                                   " does not exist; re-export the model with `blipdiff convert`");
+  }
+  if (options.verify_checksums) verify_sha256(file.path, file.sha256, what);
+  try {
+    torch::jit::Module module = torch::jit::load(file.path, device);
+    module.eval();
+    if (options.dtype != DType::kFloat32) cast_floating(module, to_scalar_type(options.dtype));
+    if (options.optimize) {
+      module = torch::jit::optimize_for_inference(module);
+    }
+    return module;
+  } catch (const std::exception& e) {
+    throw Error(codes::kModel, "while loading the " + what + " module " + file.path + ": " + describe(e));
+  }
+}
+
+}  // namespace
+
+LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device) {
+  spec.validate();
+  check_dtype_for_device(options.dtype, device);
+  if (device.is_cpu()) configure_cpu_runtime_once();
+  LoadedModels models{
+      load_one(spec.qformer, "qformer", options, device),
+      load_one(spec.text_encoder, "text_encoder", options, device),
+      load_one(spec.unet, "unet", options, device),
+      load_one(spec.vae_decoder, "vae_decoder", options, device),
+      load_one(spec.vae_encoder, "vae_encoder", options, device),
+      std::nullopt,
+  };
+  if (spec.controlnet) models.controlnet = load_one(*spec.controlnet, "controlnet", options, device);
+  return models;
+}
+
+}  // namespace blipdiff

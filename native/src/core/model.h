@@ -1,0 +1,36 @@
+// Loading the exported TorchScript modules onto a device. Includes torch/script.h: include this header
+// only from core .cc files.
+#pragma once
+
+#include <torch/script.h>
+
+#include <optional>
+#include <string>
+
+#include "core/params.h"
+
+namespace blipdiff {
+
+// Parses "cpu", "cuda", "cuda:N" and checks that the device exists in this build and on this machine.
+c10::Device resolve_device(const std::string& device);
+
+// Rejects float16/bfloat16 off CUDA.
+void check_dtype_for_device(DType dtype, const c10::Device& device);
+
+// Process-wide CPU runtime settings, applied once (see model.cc for the allocator rationale).
+void configure_cpu_runtime_once();
+
+struct LoadedModels {
+  torch::jit::Module qformer;
+  torch::jit::Module text_encoder;
+  torch::jit::Module unet;
+  torch::jit::Module vae_decoder;
+  torch::jit::Module vae_encoder;
+  std::optional<torch::jit::Module> controlnet;
+};
+
+// Verifies checksums (when asked), loads each module onto `device`, casts floating parameters and
+// buffers to `dtype`, switches to eval mode. Errors name the module and file.
+LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device);
+
+}  // namespace blipdiff

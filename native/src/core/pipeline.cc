@@ -1,0 +1,202 @@
+#include "core/pipeline.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
+
+#include <chrono>
+
+#include "core/denoise.h"
+#include "core/errors.h"
+#include "core/model.h"
+#include "core/schedulers/scheduler.h"
+
+namespace blipdiff {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Device work is asynchronous on CUDA: wait for it before reading a phase's clock.
+void sync(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+at::Tensor first_tensor(const c10::IValue& value, const char* what) {
+  if (value.isTensor()) return value.toTensor();
+  if (value.isTuple()) return value.toTupleRef().elements().at(0).toTensor();
+  throw Error(codes::kModel, std::string("the ") + what + " module returned " + value.tagKind() +
+                                 " instead of a tensor");
+}
+
+at::Tensor ids_tensor(const std::vector<int64_t>& ids, const c10::Device& device) {
+  return at::tensor(ids, at::kLong).reshape({1, static_cast<int64_t>(ids.size())}).to(device);
+}
+
+// clamp(x/2 + 0.5, 0, 1), NCHW -> NHWC, round(255 x) -> uint8, in float32 on the CPU.
+Image to_image(const at::Tensor& decoded) {
+  const at::Tensor x = (decoded.to(at::kCPU, at::kFloat) / 2 + 0.5).clamp(0, 1);
+  const at::Tensor u8 = (x.permute({0, 2, 3, 1}) * 255).round().to(at::kByte).contiguous();
+  Image image;
+  image.height = u8.size(1);
+  image.width = u8.size(2);
+  image.channels = u8.size(3);
+  const uint8_t* p = u8.data_ptr<uint8_t>();
+  image.data.assign(p, p + u8.numel());
+  return image;
+}
+
+}  // namespace
+
+Pipeline::Pipeline() = default;
+Pipeline::~Pipeline() = default;
+
+at::Tensor draw_latents(uint64_t seed, int64_t channels, int64_t height, int64_t width) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  return at::randn({1, channels, height, width}, gen, at::TensorOptions().dtype(at::kFloat));
+}
+
+void Pipeline::load(const ModelSpec& spec, const LoadOptions& options) {
+  const c10::Device device = resolve_device(options.device);
+  check_dtype_for_device(options.dtype, device);
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  auto models = std::make_unique<LoadedModels>(load_models(spec, options, device));
+  spec_ = spec;
+  models_ = std::move(models);
+  device_name_ = device.str();
+  dtype_ = options.dtype;
+}
+
+void Pipeline::unload() {
+  models_.reset();
+}
+
+at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask) {
+  if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
+  if (pixels.dim() != 4 || pixels.size(1) != 3 || pixels.size(2) != pixels.size(3)) {
+    throw InvalidArgument("Expected a [B, 3, S, S] tensor for pixels but received " + c10::str(pixels.sizes()));
+  }
+  if (ids.dim() != 2 || ids.sizes() != mask.sizes() || ids.size(0) != pixels.size(0) || ids.size(1) < 1) {
+    throw InvalidArgument("Expected [B, T] ids and mask with B = " + std::to_string(pixels.size(0)) +
+                          " for ids/mask but received " + c10::str(ids.sizes()) + " / " + c10::str(mask.sizes()));
+  }
+  const c10::Device device(device_name_);
+  c10::InferenceMode inference;
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  try {
+    const c10::IValue out = models_->qformer.forward(
+        {pixels.to(device, to_scalar_type(dtype_)), ids.to(device, at::kLong), mask.to(device, at::kLong)});
+    return first_tensor(out, "qformer").to(at::kCPU, at::kFloat).contiguous();
+  } catch (...) {
+    rethrow_with_context("while encoding the subject with the Q-Former");
+  }
+}
+
+GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn& progress,
+                                  const std::atomic<bool>& cancel) {
+  if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
+  params.validate(spec_);
+  const auto start = Clock::now();
+  const c10::Device device(device_name_);
+  const at::ScalarType dtype = to_scalar_type(dtype_);
+  c10::InferenceMode inference;
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+
+  const int64_t f = spec_.latent_scale;
+  const int64_t lh = params.height / f, lw = params.width / f;
+  GenerateResult result;
+
+  // 1. Initial latents, before anything else, one generator per image (image i: seed + i).
+  std::vector<at::Tensor> initial;
+  for (int64_t i = 0; i < params.num_images; ++i) {
+    const uint64_t seed = params.seed + static_cast<uint64_t>(i);
+    result.seeds.push_back(seed);
+    if (i == 0 && params.latents) {
+      initial.push_back(params.latents->to(at::kFloat).contiguous());
+    } else {
+      initial.push_back(draw_latents(seed, spec_.latent_channels, lh, lw));
+    }
+  }
+
+  // 2. Text encoding: cond with the subject embeddings spliced in; uncond (no ctx) only with CFG.
+  const bool cfg = params.guidance > 1.0;
+  const int64_t text_total = cfg ? 2 : 1;
+  auto text_start = Clock::now();
+  at::Tensor states;
+  try {
+    const at::Tensor ctx = params.query_embeds.to(device, dtype);
+    const at::Tensor cond = first_tensor(
+        models_->text_encoder.forward({ids_tensor(params.cond_ids, device), ctx, spec_.ctx_begin_pos}),
+        "text_encoder");
+    if (progress) progress({Phase::kText, 0, 1, text_total});
+    if (cancel.load()) throw AbortError();
+    if (cfg) {
+      const at::Tensor uncond = first_tensor(
+          models_->text_encoder.forward({ids_tensor(params.uncond_ids, device), c10::IValue(), spec_.ctx_begin_pos}),
+          "text_encoder");
+      if (progress) progress({Phase::kText, 0, 2, text_total});
+      states = at::cat({uncond, cond}, 0);
+    } else {
+      states = cond;
+    }
+    sync(device);
+  } catch (...) {
+    rethrow_with_context("while encoding the prompt");
+  }
+  result.timings.text_ms = ms_since(text_start);
+
+  std::optional<at::Tensor> control;
+  if (params.control_image) {
+    at::Tensor c = params.control_image->to(device, dtype);
+    control = cfg ? at::cat({c, c}, 0) : c;
+  }
+
+  for (int64_t i = 0; i < params.num_images; ++i) {
+    if (cancel.load()) throw AbortError();
+    // 3. Denoising loop.
+    auto denoise_start = Clock::now();
+    auto scheduler = make_scheduler(params.scheduler, spec_.scheduler);
+    scheduler->set_timesteps(params.steps);
+    DenoiseInputs in;
+    in.latents = (initial[size_t(i)] * scheduler->init_noise_sigma()).to(device);
+    in.states = states;
+    in.cfg = cfg;
+    in.guidance = params.guidance;
+    in.control = control;
+    in.conditioning_scale = params.conditioning_scale;
+    in.image = i;
+    in.dtype = dtype;
+    const bool record = params.record_steps && i == 0;
+    at::Tensor latents =
+        denoise(*models_, *scheduler, in, progress, cancel, record ? &result.step_latents : nullptr);
+    sync(device);
+    result.timings.denoise_ms += ms_since(denoise_start);
+    if (cancel.load()) throw AbortError();
+
+    // 4. Decoding: the pipeline divides by the scaling factor; 5. post-processing on the CPU.
+    auto decode_start = Clock::now();
+    try {
+      const at::Tensor z = latents / spec_.vae_scaling_factor;
+      if (record) result.vae_input = z.to(at::kCPU, at::kFloat, false, true);
+      const at::Tensor decoded = first_tensor(models_->vae_decoder.forward({z.to(dtype)}), "vae_decoder");
+      result.images.push_back(to_image(decoded));
+    } catch (...) {
+      rethrow_with_context("while decoding the latents with the VAE");
+    }
+    result.timings.decode_ms += ms_since(decode_start);
+    if (progress) progress({Phase::kDecode, i, 1, 1});
+  }
+  result.timings.total_ms = ms_since(start);
+  return result;
+}
+
+}  // namespace blipdiff

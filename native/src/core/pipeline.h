@@ -1,0 +1,49 @@
+// The BLIP-Diffusion pipeline on loaded TorchScript modules: subject encoding and generation.
+// Not thread-safe: callers serialize calls on one Pipeline (the N-API wrapper does).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "core/params.h"
+
+namespace blipdiff {
+
+struct LoadedModels;
+
+class Pipeline {
+ public:
+  Pipeline();
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // Verifies, loads and prepares every module; replaces what was loaded before only on success.
+  void load(const ModelSpec& spec, const LoadOptions& options);
+  void unload();
+  bool loaded() const { return models_ != nullptr; }
+  const std::string& device() const { return device_name_; }
+  DType dtype() const { return dtype_; }
+  const ModelSpec& spec() const { return spec_; }
+
+  // pixels [B,3,S,S] normalized float32, ids/mask [B,T] int64 -> query embeddings [B,Q,D] float32 CPU.
+  at::Tensor encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask);
+
+  // Runs the whole generation. Throws AbortError when `cancel` becomes true (polled between steps).
+  GenerateResult generate(const GenerateParams& params, const ProgressFn& progress, const std::atomic<bool>& cancel);
+
+ private:
+  ModelSpec spec_;
+  std::unique_ptr<LoadedModels> models_;
+  std::string device_name_ = "cpu";
+  DType dtype_ = DType::kFloat32;
+};
+
+// The initial latents of `seed`: torch's CPU generator, float32, [1, C, h, w] (what the reference
+// draws with generator=torch.Generator("cpu").manual_seed(seed)).
+at::Tensor draw_latents(uint64_t seed, int64_t channels, int64_t height, int64_t width);
+
+}  // namespace blipdiff

@@ -1,0 +1,22 @@
+#include "napi/build_info.h"
+
+#include "core/runtime_info.h"
+
+namespace blipdiff::napi {
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const RuntimeInfo runtime = runtime_info();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("torchVersion", Napi::String::New(env, runtime.torch_version));
+  out.Set("cudaCompiled", Napi::Boolean::New(env, runtime.cuda_compiled));
+  out.Set("cudaAvailable", Napi::Boolean::New(env, runtime.cuda_available));
+  out.Set("cudaDeviceCount", Napi::Number::New(env, double(runtime.cuda_device_count)));
+  Napi::Array devices = Napi::Array::New(env, runtime.devices.size());
+  for (size_t i = 0; i < runtime.devices.size(); ++i) devices.Set(static_cast<uint32_t>(i), Napi::String::New(env, runtime.devices[i]));
+  out.Set("devices", devices);
+  out.Set("numThreads", Napi::Number::New(env, double(runtime.num_threads)));
+  return out;
+}
+
+}  // namespace blipdiff::napi

@@ -1,0 +1,10 @@
+#pragma once
+
+#include <napi.h>
+
+namespace blipdiff::napi {
+
+// buildInfo(): torch version, CUDA compiled/available, devices, threads.
+Napi::Value BuildInfo(const Napi::CallbackInfo& info);
+
+}  // namespace blipdiff::napi

@@ -1,0 +1,130 @@
+// blipdiff_bench: times load, subject encoding and generation of an exported model folder without Node
+// (for GPU machines). Sizes come from the command line (this harness has no JSON parser):
+//   blipdiff_bench --model DIR [--device cuda] [--dtype float16] [--width 512] [--height 512] [--steps 25]
+//                  [--guidance 7.5] [--scheduler pndm] [--runs 2] [--num-query-tokens 16] [--ctx-begin-pos 2]
+//                  [--text-max-length 77] [--latent-channels 4] [--latent-scale 8] [--scaling-factor 0.18215]
+//                  [--image-size 224] [--steps-offset 1] [--optimize 0|1]
+// Prints one JSON line per measurement on stderr and a summary JSON document on stdout.
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+
+#include "core/errors.h"
+#include "core/pipeline.h"
+
+using blipdiff::DType;
+
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> args = {
+      {"device", "cpu"}, {"dtype", "float32"}, {"width", "512"}, {"height", "512"}, {"steps", "25"},
+      {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
+      {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
+      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0) {
+      std::fprintf(stderr, "blipdiff_bench: unexpected argument %s\n", argv[i]);
+      return 2;
+    }
+    args[key.substr(2)] = argv[i + 1];
+  }
+  if (!args.count("model")) {
+    std::fprintf(stderr, "usage: blipdiff_bench --model DIR [--device cuda] [--dtype float16] ...\n");
+    return 2;
+  }
+  auto num = [&](const char* k) { return std::stod(args.at(k)); };
+  auto integer = [&](const char* k) { return static_cast<int64_t>(std::stoll(args.at(k))); };
+  try {
+    const std::string dir = args["model"];
+    blipdiff::ModelSpec spec;
+    spec.qformer = {dir + "/qformer.pt", ""};
+    spec.text_encoder = {dir + "/text_encoder.pt", ""};
+    spec.unet = {dir + "/unet.pt", ""};
+    spec.vae_decoder = {dir + "/vae_decoder.pt", ""};
+    spec.vae_encoder = {dir + "/vae_encoder.pt", ""};
+    spec.num_query_tokens = integer("num-query-tokens");
+    spec.ctx_begin_pos = integer("ctx-begin-pos");
+    spec.text_max_length = integer("text-max-length");
+    spec.latent_channels = integer("latent-channels");
+    spec.latent_scale = integer("latent-scale");
+    spec.vae_scaling_factor = num("scaling-factor");
+    spec.scheduler.set("beta_schedule", std::string("scaled_linear"));
+    spec.scheduler.set("beta_start", 0.00085);
+    spec.scheduler.set("beta_end", 0.012);
+    spec.scheduler.set("skip_prk_steps", true);
+    spec.scheduler.set("steps_offset", num("steps-offset"));
+
+    blipdiff::LoadOptions options;
+    options.device = args["device"];
+    options.dtype = blipdiff::dtype_from_string(args["dtype"]);
+    options.verify_checksums = false;
+    options.optimize = args["optimize"] == "1";
+
+    blipdiff::Pipeline pipeline;
+    auto t0 = std::chrono::steady_clock::now();
+    pipeline.load(spec, options);
+    const double load_ms = ms_since(t0);
+
+    const int64_t s = integer("image-size");
+    const at::Tensor pixels = at::randn({1, 3, s, s});
+    const at::Tensor ids = at::tensor(std::vector<int64_t>{101, 3899, 102}, at::kLong).reshape({1, 3});
+    const at::Tensor mask = at::ones({1, 3}, at::kLong);
+    t0 = std::chrono::steady_clock::now();
+    const at::Tensor query = pipeline.encode_subject(pixels, ids, mask);
+    const double encode_ms = ms_since(t0);
+
+    blipdiff::GenerateParams params;
+    const int64_t cond_len = spec.text_max_length - spec.num_query_tokens;
+    params.cond_ids.assign(size_t(cond_len), 49407);
+    params.cond_ids[0] = 49406;
+    params.cond_ids[1] = 320;
+    params.uncond_ids.assign(size_t(spec.text_max_length), 49407);
+    params.uncond_ids[0] = 49406;
+    params.query_embeds = query;
+    params.width = integer("width");
+    params.height = integer("height");
+    params.steps = integer("steps");
+    params.guidance = num("guidance");
+    params.seed = static_cast<uint64_t>(integer("seed"));
+    params.scheduler = blipdiff::scheduler_kind_from_string(args["scheduler"]);
+    std::atomic<bool> cancel{false};
+    const int64_t runs = integer("runs");
+    double best_ms = 1e300;
+    blipdiff::GenerateResult last;
+    for (int64_t r = 0; r < runs; ++r) {
+      t0 = std::chrono::steady_clock::now();
+      last = pipeline.generate(params, nullptr, cancel);
+      const double ms = ms_since(t0);
+      best_ms = std::min(best_ms, ms);
+      std::fprintf(stderr, "{\"run\": %lld, \"ms\": %.1f, \"textMs\": %.1f, \"denoiseMs\": %.1f, \"decodeMs\": %.1f}\n",
+                   static_cast<long long>(r), ms, last.timings.text_ms, last.timings.denoise_ms,
+                   last.timings.decode_ms);
+    }
+    const double unet_calls = static_cast<double>(params.scheduler == blipdiff::SchedulerKind::kPndm ? params.steps + 1
+                                                                                                   : params.steps);
+    std::printf(
+        "{\"device\": \"%s\", \"dtype\": \"%s\", \"width\": %lld, \"height\": %lld, \"steps\": %lld, \"loadMs\": %.1f, "
+        "\"encodeMs\": %.1f, \"bestImageMs\": %.1f, \"stepsPerSecond\": %.3f}\n",
+        pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(),
+        static_cast<long long>(params.width), static_cast<long long>(params.height),
+        static_cast<long long>(params.steps), load_ms, encode_ms, best_ms,
+        unet_calls / (last.timings.denoise_ms / 1000.0));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "blipdiff_bench: %s\n", blipdiff::describe(e).c_str());
+    return 1;
+  }
+  return 0;
+}

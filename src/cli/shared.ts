@@ -1,0 +1,36 @@
+// Helpers shared by the commands: option parsers, the default model folder, environment defaults.
+import { InvalidArgumentError } from "commander";
+import os from "node:os";
+import path from "node:path";
+
+/** The model folder used when --model is not given: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion. */
+export function defaultModelDir(): string {
+  if (process.env.BLIPDIFF_MODEL) return process.env.BLIPDIFF_MODEL;
+  const cache = process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache");
+  return path.join(cache, "blipdiff", "models", "blipdiffusion");
+}
+
+export const ENV_HELP = `
+Environment:
+  BLIPDIFF_MODEL    default for --model (else ${path.join("~", ".cache", "blipdiff", "models", "blipdiffusion")})
+  BLIPDIFF_DEVICE   default for --device (auto, cpu, cuda, cuda:N)
+  BLIPDIFF_DTYPE    default for --dtype (auto, float32, float16, bfloat16)
+  BLIPDIFF_ADDON    path of the native addon (default native/build/Release/blipdiff.node)
+  CI                plain progress lines instead of a spinner`;
+
+export function parseIntArg(value: string): number {
+  if (!/^[+-]?\d+$/.test(value.trim())) throw new InvalidArgumentError("Expected an integer.");
+  const n = Number(value);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError("Expected an integer below 2^53.");
+  return n;
+}
+
+export function parseFloatArg(value: string): number {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n)) throw new InvalidArgumentError("Expected a number.");
+  return n;
+}
+
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}

@@ -1,0 +1,31 @@
+// blipdiff: subject-driven image generation with BLIP-Diffusion (public API).
+export { BlipDiffusionPipeline, resolveDevice } from "./pipeline/pipeline.js";
+export type {
+  EncodeSubjectOptions,
+  GenerateOptions,
+  GenerateResult,
+  GenerateTimings,
+  GeneratedImage,
+  GenerationParameters,
+  LoadOptions,
+  ProgressEvent,
+} from "./pipeline/pipeline.js";
+export { saveSubjectEmbedding, loadSubjectEmbedding, serializeSubjectEmbedding } from "./pipeline/embedding.js";
+export type { SubjectEmbedding } from "./pipeline/embedding.js";
+export { DEFAULTS, LIMITS, SCHEDULERS, parseScheduler, parseDevice, parseDType, randomSeed } from "./pipeline/options.js";
+export type { DTypeOption, DeviceOption, PromptOptions, SamplingOptions, SchedulerKind } from "./pipeline/options.js";
+export { buildPrompt } from "./pipeline/prompt.js";
+export { ClipTokenizer, WordPieceTokenizer, tokenizePrompts } from "./pipeline/tokenize.js";
+export { preprocessSubject, preprocessCondition, resizeSubject } from "./pipeline/preprocess.js";
+export type { SubjectCrop } from "./pipeline/preprocess.js";
+export { readManifest, MANIFEST_FORMAT, MANIFEST_VERSION } from "./pipeline/manifest.js";
+export type { ModelManifest } from "./pipeline/manifest.js";
+export { decodeRgb } from "./image/decode.js";
+export type { ImageSource } from "./image/decode.js";
+export { resizeBicubic } from "./image/resample.js";
+export type { RawImage } from "./image/resample.js";
+export { encodeImage, formatFromPath } from "./image/encode.js";
+export { insertPngText, readPngText } from "./image/png-text.js";
+export { loadAddon, addonPath, AddonNotFoundError } from "./bindings/index.js";
+export type { NativeBuildInfo, NativeImage, NativeProgress, NativeTensor, NativeTimings } from "./bindings/types.js";
+export { AbortError, InputError, ModelError } from "./errors.js";

@@ -1,0 +1,173 @@
+// Reading and validating an exported model folder (docs/manifest.md) and building the native spec.
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import type { NativeModelSpec } from "../bindings/types.js";
+import { ModelError, messageOf } from "../errors.js";
+
+export const MANIFEST_FORMAT = "blipdiff-torchscript";
+export const MANIFEST_VERSION = 1;
+const FIX = "convert the checkpoint again with `blipdiff convert <checkpoint> --out <dir>`";
+const REQUIRED_MODULES = ["qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder"] as const;
+
+export interface ModelManifest {
+  dir: string;
+  spec: NativeModelSpec;
+  tokenizers: {
+    clip: { file: string; sha256?: string; bos: number; eos: number; pad: number };
+    qformer: { file: string; sha256?: string; cls: number; sep: number; pad: number };
+  };
+  imageSize: number;
+  imageMean: number[];
+  imageStd: number[];
+  crossAttentionDim: number;
+  hasControlnet: boolean;
+  /** manifest.source as written by the exporter. */
+  source: Record<string, unknown>;
+  /** The raw manifest.json. */
+  raw: Record<string, unknown>;
+}
+
+/** JSON.parse that also accepts Python's bare NaN / Infinity / -Infinity tokens (outside strings). */
+export function parseJsonLenient(text: string): unknown {
+  const marked = text.replace(/"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g, (m) => (m.startsWith('"') ? m : `"\\u0000num:${m}"`));
+  return JSON.parse(marked, (_k, v: unknown) => (typeof v === "string" && v.startsWith("\u0000num:") ? Number(v.slice(5)) : v));
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function field<T>(obj: Obj, key: string, where: string, check: (v: unknown) => v is T, what: string): T {
+  const v = obj[key];
+  if (!check(v)) throw new ModelError(`manifest.json: expected ${what} for ${where}.${key}; ${FIX}`);
+  return v;
+}
+
+const isPosInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
+const isInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0;
+const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+const isStr = (v: unknown): v is string => typeof v === "string" && v.length > 0;
+const isTriple = (v: unknown): v is number[] => Array.isArray(v) && v.length === 3 && v.every(isNum);
+
+/** Reads `<dir>/manifest.json`, checks the format and that every file it names exists. */
+export function readManifest(dir: string): ModelManifest {
+  const abs = path.resolve(dir);
+  if (!existsSync(abs)) throw new ModelError(`model folder not found: ${abs}; ${FIX} (or pass --model)`);
+  if (!statSync(abs).isDirectory()) throw new ModelError(`the model path is not a folder: ${abs}`);
+  const file = path.join(abs, "manifest.json");
+  if (!existsSync(file)) throw new ModelError(`${abs} has no manifest.json (not an exported blipdiff model); ${FIX}`);
+  let raw: unknown;
+  try {
+    raw = parseJsonLenient(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new ModelError(`cannot parse ${file}: ${messageOf(err)}; ${FIX}`);
+  }
+  if (!isObj(raw)) throw new ModelError(`${file} is not a JSON object; ${FIX}`);
+  if (raw.format !== MANIFEST_FORMAT)
+    throw new ModelError(`${file} has format ${JSON.stringify(raw.format)}, expected "${MANIFEST_FORMAT}"; ${FIX}`);
+  if (raw.format_version !== MANIFEST_VERSION)
+    throw new ModelError(
+      `${file} has format_version ${JSON.stringify(raw.format_version)}, this blipdiff reads version ${MANIFEST_VERSION}; ${FIX}`,
+    );
+  const modules = field(raw, "modules", "manifest", isObj, "an object");
+  const cfg = field(raw, "config", "manifest", isObj, "an object");
+  const toks = field(raw, "tokenizers", "manifest", isObj, "an object");
+  const scheduler = field(raw, "scheduler", "manifest", isObj, "an object");
+
+  const missing: string[] = [];
+  const locate = (rel: string): string => {
+    const p = path.resolve(abs, rel);
+    if (!existsSync(p)) missing.push(rel);
+    return p;
+  };
+  const mod = (name: string): { path: string; sha256: string } => {
+    const m = field(modules, name, "modules", isObj, "an object");
+    const rel = field(m, "file", `modules.${name}`, isStr, "a file name");
+    const sha256 = field(m, "sha256", `modules.${name}`, isStr, "a sha256");
+    return { path: locate(rel), sha256 };
+  };
+  const specModules = Object.fromEntries(REQUIRED_MODULES.map((n) => [n, mod(n)])) as NativeModelSpec["modules"];
+  if (isObj(modules.controlnet)) specModules.controlnet = mod("controlnet");
+
+  const clipT = field(toks, "clip", "tokenizers", isObj, "an object");
+  const qfT = field(toks, "qformer", "tokenizers", isObj, "an object");
+  const tokenizers = {
+    clip: {
+      file: locate(field(clipT, "file", "tokenizers.clip", isStr, "a file name")),
+      sha256: isStr(clipT.sha256) ? clipT.sha256 : undefined,
+      bos: field(clipT, "bos_token_id", "tokenizers.clip", isInt, "an id"),
+      eos: field(clipT, "eos_token_id", "tokenizers.clip", isInt, "an id"),
+      pad: field(clipT, "pad_token_id", "tokenizers.clip", isInt, "an id"),
+    },
+    qformer: {
+      file: locate(field(qfT, "file", "tokenizers.qformer", isStr, "a file name")),
+      sha256: isStr(qfT.sha256) ? qfT.sha256 : undefined,
+      cls: field(qfT, "cls_token_id", "tokenizers.qformer", isInt, "an id"),
+      sep: field(qfT, "sep_token_id", "tokenizers.qformer", isInt, "an id"),
+      pad: field(qfT, "pad_token_id", "tokenizers.qformer", isInt, "an id"),
+    },
+  };
+  if (missing.length > 0)
+    throw new ModelError(`the model folder ${abs} is incomplete: missing ${missing.join(", ")}; ${FIX}`);
+
+  const spec: NativeModelSpec = {
+    modules: specModules,
+    numQueryTokens: field(cfg, "num_query_tokens", "config", isPosInt, "a positive integer"),
+    ctxBeginPos: field(cfg, "ctx_begin_pos", "config", isInt, "an integer >= 0"),
+    textMaxLength: field(cfg, "text_max_length", "config", isPosInt, "a positive integer"),
+    latentChannels: field(cfg, "latent_channels", "config", isPosInt, "a positive integer"),
+    latentScale: field(cfg, "latent_scale", "config", isPosInt, "a positive integer"),
+    vaeScalingFactor: field(cfg, "vae_scaling_factor", "config", isNum, "a number"),
+    scheduler,
+  };
+  if (spec.numQueryTokens + 2 > spec.textMaxLength)
+    throw new ModelError(`manifest.json: num_query_tokens ${spec.numQueryTokens} leaves no room in ${spec.textMaxLength} text positions`);
+  const hasControlnet = cfg.has_controlnet === true && specModules.controlnet !== undefined;
+  return {
+    dir: abs,
+    spec,
+    tokenizers,
+    imageSize: field(cfg, "image_size", "config", isPosInt, "a positive integer"),
+    imageMean: field(cfg, "image_mean", "config", isTriple, "3 numbers"),
+    imageStd: field(cfg, "image_std", "config", isTriple, "3 numbers"),
+    crossAttentionDim: field(cfg, "cross_attention_dim", "config", isPosInt, "a positive integer"),
+    hasControlnet,
+    source: isObj(raw.source) ? raw.source : {},
+    raw,
+  };
+}
+
+/** Checks the tokenizer files against their sha256 in the manifest (the native side checks the modules). */
+export function verifyTokenizerChecksums(m: ModelManifest): void {
+  for (const t of [m.tokenizers.clip, m.tokenizers.qformer]) {
+    if (!t.sha256) continue;
+    const actual = createHash("sha256").update(readFileSync(t.file)).digest("hex");
+    if (actual !== t.sha256.toLowerCase())
+      throw new ModelError(`checksum mismatch for ${path.relative(m.dir, t.file)} (sha256 ${actual}, manifest says ${t.sha256}); ${FIX}`);
+  }
+}
+
+/** A short human-readable summary (blipdiff info --model). */
+export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
+  const c = (m.raw.config ?? {}) as Obj;
+  return {
+    folder: m.dir,
+    format: `${MANIFEST_FORMAT} v${MANIFEST_VERSION}`,
+    source: m.source,
+    queryTokens: m.spec.numQueryTokens,
+    imageSize: m.imageSize,
+    textMaxLength: m.spec.textMaxLength,
+    crossAttentionDim: m.crossAttentionDim,
+    latentChannels: m.spec.latentChannels,
+    latentScale: m.spec.latentScale,
+    unetSampleSize: c.unet_sample_size,
+    controlnet: m.hasControlnet,
+    scheduler: m.spec.scheduler._class_name ?? "unknown",
+    modules: Object.fromEntries(
+      Object.entries(m.spec.modules).map(([k, v]) => [k, { file: path.relative(m.dir, v.path), bytes: statSync(v.path).size }]),
+    ),
+  };
+}

@@ -1,0 +1,366 @@
+// BlipDiffusionPipeline: the library API over the native pipeline. Calls on one pipeline are serialized.
+import path from "node:path";
+import { loadAddon } from "../bindings/index.js";
+import type {
+  NativeAddon,
+  NativeDType,
+  NativeGenerateResult,
+  NativeImage,
+  NativePipeline,
+  NativeProgress,
+  NativeTensor,
+  NativeTimings,
+} from "../bindings/types.js";
+import { AbortError, InputError, ModelError, invalid, messageOf } from "../errors.js";
+import { decodeRgb, type ImageSource } from "../image/decode.js";
+import type { SubjectEmbedding } from "./embedding.js";
+import { readManifest, verifyTokenizerChecksums, type ModelManifest } from "./manifest.js";
+import {
+  DEFAULTS,
+  parseDType,
+  parseDevice,
+  resolvePrompt,
+  resolveSampling,
+  type DTypeOption,
+  type DeviceOption,
+  type PromptOptions,
+  type SamplingOptions,
+  type SchedulerKind,
+} from "./options.js";
+import { parseSubjectCrop, preprocessCondition, preprocessSubject, stackBatch, type SubjectCrop } from "./preprocess.js";
+import { buildPrompt } from "./prompt.js";
+import { ClipTokenizer, WordPieceTokenizer, tokenizePrompts } from "./tokenize.js";
+
+export interface LoadOptions {
+  /** "auto" (CUDA when the addon sees a GPU, else CPU), "cpu", "cuda" or "cuda:N". Defaults to `"auto"`. */
+  device?: DeviceOption;
+  /** "auto" (float16 on CUDA, float32 on CPU), "float32", "float16" or "bfloat16" (CUDA only). Defaults to `"auto"`. */
+  dtype?: DTypeOption;
+  /** Check each module's sha256 against the manifest before loading. Defaults to `true`. */
+  verifyChecksums?: boolean;
+}
+
+export interface EncodeSubjectOptions {
+  /** One or more pictures of the subject (paths, "-" for stdin, or encoded bytes); embeddings are averaged. */
+  images: ImageSource | ImageSource[];
+  /** The subject's category word, e.g. "dog". */
+  subject: string;
+  /** "squash" (the reference) or "center" (LAVIS). Defaults to `"squash"`. */
+  crop?: SubjectCrop;
+  /** Refuse pictures with more pixels. Defaults to sharp's limit (about 268 MP). */
+  maxPixels?: number;
+  signal?: AbortSignal;
+}
+
+export type ProgressEvent = NativeProgress;
+
+export interface GenerateOptions extends PromptOptions, SamplingOptions {
+  /** Source subject category (required with `subjectImage`; taken from the embedding otherwise). */
+  subject?: string;
+  /** Subject picture(s); several are averaged. Either this or `subjectEmbedding`. */
+  subjectImage?: ImageSource | ImageSource[];
+  /** Precomputed subject embeddings (from {@link BlipDiffusionPipeline.encodeSubject} or a saved file). */
+  subjectEmbedding?: SubjectEmbedding;
+  /** How a non-square subject picture is made square. Defaults to `"squash"`. */
+  subjectCrop?: SubjectCrop;
+  /** ControlNet condition picture (requires a model exported with a ControlNet). */
+  controlImage?: ImageSource;
+  /** ControlNet residual scale. Defaults to `1`. */
+  conditioningScale?: number;
+  /** Explicit initial latents [1, C, H/f, W/f] for image 0 (overrides the seed's draw). */
+  latents?: NativeTensor;
+  /** Return the latents after every scheduler step (image 0). Defaults to `false`. */
+  recordSteps?: boolean;
+  /** Cancels between steps; the promise then rejects with an AbortError. */
+  signal?: AbortSignal;
+  /** Per-step progress; exceptions thrown by it are ignored. */
+  onProgress?: (p: ProgressEvent) => void;
+}
+
+/** Everything that determines an image, as embedded in its metadata and printed with --json. */
+export interface GenerationParameters {
+  prompt: string;
+  negativePrompt: string;
+  subject: string;
+  targetSubject: string;
+  promptStrength: number;
+  promptReps: number;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+  seed: number;
+  n: number;
+  scheduler: SchedulerKind;
+  subjectCrop: SubjectCrop;
+  controlImage: boolean;
+  model: string;
+  device: string;
+  dtype: NativeDType;
+}
+
+export interface GeneratedImage extends NativeImage {
+  seed: number;
+}
+
+export interface GenerateTimings extends NativeTimings {
+  subjectMs: number;
+}
+
+export interface GenerateResult {
+  images: GeneratedImage[];
+  seeds: number[];
+  parameters: GenerationParameters;
+  timings: GenerateTimings;
+  /** E.g. a truncated negative prompt. */
+  warnings: string[];
+  stepLatents?: NativeTensor[];
+  vaeInput?: NativeTensor;
+}
+
+/** Rethrows a native error with the caller's stack (the native stack says nothing useful). */
+function withCallerStack(err: unknown, caller: Error): Error {
+  if (!(err instanceof Error)) return new Error(String(err));
+  const frames = (caller.stack ?? "").split("\n").slice(1).join("\n");
+  err.stack = `${err.name}: ${err.message}\n${frames}`;
+  return err;
+}
+
+function isAbort(err: unknown): boolean {
+  return err instanceof Error && ((err as { code?: string }).code === "ABORT_ERR" || err.name === "AbortError");
+}
+
+function asArray<T>(v: T | T[]): T[] {
+  return Array.isArray(v) ? v : [v];
+}
+
+export class BlipDiffusionPipeline {
+  private queue: Promise<unknown> = Promise.resolve();
+  private disposed = false;
+  private readonly clip: ClipTokenizer;
+  private readonly wordpiece: WordPieceTokenizer;
+
+  private constructor(
+    private readonly native: NativePipeline,
+    /** The parsed manifest.json of the model folder. */
+    readonly manifest: ModelManifest,
+    /** The device the modules run on ("cpu", "cuda:0", ...). */
+    readonly device: string,
+    readonly dtype: NativeDType,
+  ) {
+    const t = manifest.tokenizers;
+    this.clip = new ClipTokenizer(t.clip.file, t.clip);
+    this.wordpiece = new WordPieceTokenizer(t.qformer.file, t.qformer);
+  }
+
+  /** Reads and checks `<modelDir>/manifest.json`, then loads the modules onto the device. */
+  static async load(modelDir: string, options: LoadOptions = {}): Promise<BlipDiffusionPipeline> {
+    const caller = new Error();
+    const manifest = readManifest(modelDir);
+    if (options.verifyChecksums ?? true) verifyTokenizerChecksums(manifest);
+    const addon = loadAddon();
+    const { device, dtype } = resolveDevice(addon, options.device ?? DEFAULTS.device, options.dtype ?? DEFAULTS.dtype);
+    const native = new addon.Pipeline();
+    try {
+      await native.load(manifest.spec, { device, dtype, verifyChecksums: options.verifyChecksums ?? true });
+    } catch (err) {
+      throw withCallerStack(new ModelError(`cannot load the model in ${manifest.dir}: ${messageOf(err)}`), caller);
+    }
+    return new BlipDiffusionPipeline(native, manifest, native.device || device, dtype);
+  }
+
+  private serialize<T>(fn: () => Promise<T>): Promise<T> {
+    // Checked at call time: calls made before dispose() still run, later ones reject.
+    if (this.disposed) return Promise.reject(new Error("the pipeline was disposed"));
+    const run = this.queue.then(
+      () => fn(),
+      () => fn(),
+    );
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Subject embeddings [1, Q, D] of one or more pictures (averaged) with their category word. */
+  encodeSubject(options: EncodeSubjectOptions): Promise<SubjectEmbedding> {
+    const caller = new Error();
+    return this.serialize(async () => {
+      try {
+        return await this.encodeSubjectNow(options);
+      } catch (err) {
+        throw withCallerStack(err, caller);
+      }
+    });
+  }
+
+  private async encodeSubjectNow(o: EncodeSubjectOptions): Promise<SubjectEmbedding> {
+    if (typeof o.subject !== "string" || o.subject.trim() === "") throw invalid("a non-empty string", "subject", o.subject, "type");
+    const images = asArray(o.images);
+    if (images.length === 0) throw invalid("at least one image", "images", images);
+    const crop = parseSubjectCrop(o.crop ?? DEFAULTS.subjectCrop);
+    const cfg = { size: this.manifest.imageSize, mean: this.manifest.imageMean, std: this.manifest.imageStd, crop };
+    const pixels: NativeTensor[] = [];
+    for (const src of images) {
+      const img = await decodeRgb(src, { maxPixels: o.maxPixels, label: "subject image" });
+      pixels.push(preprocessSubject(img, cfg).pixels);
+    }
+    if (o.signal?.aborted) throw new AbortError();
+    const batch = this.wordpiece.encodeBatch(images.map(() => o.subject));
+    const out = await this.native.encodeSubject(stackBatch(pixels), batch.ids, batch.mask, batch.shape);
+    const [b, q, d] = out.shape;
+    const mean = new Float32Array(q * d);
+    for (let i = 0; i < b; i++) for (let j = 0; j < q * d; j++) mean[j] += out.data[i * q * d + j];
+    // Sum in float32 then divide: for one image this is exactly the Q-Former output.
+    if (b > 1) for (let j = 0; j < q * d; j++) mean[j] = Math.fround(mean[j] / b);
+    return {
+      queryEmbeds: { data: mean, shape: [1, q, d] },
+      subject: o.subject,
+      sourceImages: images.map((s) => (typeof s === "string" ? (s === "-" ? "<stdin>" : path.basename(s)) : "<buffer>")),
+      model: {
+        checkpoint: typeof this.manifest.source.checkpoint === "string" ? this.manifest.source.checkpoint : undefined,
+        qformerSha256: this.manifest.spec.modules.qformer.sha256,
+      },
+    };
+  }
+
+  /** Generates `n` images of the subject (image i from seed + i). */
+  generate(options: GenerateOptions): Promise<GenerateResult> {
+    const caller = new Error();
+    return this.serialize(async () => {
+      try {
+        return await this.generateNow(options);
+      } catch (err) {
+        if (isAbort(err) || options.signal?.aborted) throw withCallerStack(new AbortError(), caller);
+        throw withCallerStack(err, caller);
+      }
+    });
+  }
+
+  private checkEmbedding(e: SubjectEmbedding, warnings: string[]): void {
+    const [one, q, d] = e.queryEmbeds.shape;
+    if (one !== 1 || q !== this.manifest.spec.numQueryTokens || d !== this.manifest.crossAttentionDim)
+      throw new InputError(
+        `the subject embedding has shape [${e.queryEmbeds.shape.join(", ")}], this model needs [1, ${this.manifest.spec.numQueryTokens}, ${this.manifest.crossAttentionDim}]`,
+      );
+    const sha = e.model.qformerSha256;
+    if (sha && sha !== this.manifest.spec.modules.qformer.sha256)
+      warnings.push("the subject embedding was made with a different Q-Former than this model's");
+  }
+
+  private async generateNow(o: GenerateOptions): Promise<GenerateResult> {
+    const t0 = performance.now();
+    const m = this.manifest;
+    const sampling = resolveSampling(o, m.spec.latentScale, m.spec.scheduler);
+    const crop = parseSubjectCrop(o.subjectCrop ?? DEFAULTS.subjectCrop);
+    const conditioningScale = o.conditioningScale ?? DEFAULTS.conditioningScale;
+    if (!Number.isFinite(conditioningScale)) throw invalid("a finite number", "conditioningScale", conditioningScale);
+    if (o.subjectEmbedding && o.subjectImage !== undefined) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
+    const subject = o.subject ?? o.subjectEmbedding?.subject;
+    if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
+    const prompt = resolvePrompt(o, subject);
+    if (o.controlImage !== undefined && !m.hasControlnet)
+      throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);
+    const warnings: string[] = [];
+    const controlImage =
+      o.controlImage === undefined
+        ? undefined
+        : preprocessCondition(await decodeRgb(o.controlImage, { label: "control image" }), sampling.width, sampling.height);
+
+    let embedding = o.subjectEmbedding;
+    if (embedding) this.checkEmbedding(embedding, warnings);
+    else {
+      if (o.subjectImage === undefined) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
+      embedding = await this.encodeSubjectNow({ images: o.subjectImage, subject, crop, signal: o.signal });
+    }
+    const subjectMs = performance.now() - t0;
+    if (o.signal?.aborted) throw new AbortError();
+
+    const built = buildPrompt(prompt.prompt, prompt.targetSubject, prompt.promptStrength, prompt.promptReps);
+    const ids = tokenizePrompts(this.clip, built, prompt.negativePrompt, m.spec.textMaxLength, m.spec.numQueryTokens);
+    warnings.push(...ids.warnings);
+
+    const onProgress = o.onProgress;
+    const progress = onProgress
+      ? (p: NativeProgress): void => {
+          try {
+            onProgress(p);
+          } catch {
+            // A user's callback must not break the run.
+          }
+        }
+      : undefined;
+    const abort = (): void => this.native.abort();
+    o.signal?.addEventListener("abort", abort, { once: true });
+    let res: NativeGenerateResult;
+    try {
+      res = await this.native.generate(
+        {
+          condIds: ids.condIds,
+          uncondIds: ids.uncondIds,
+          queryEmbeds: embedding.queryEmbeds,
+          width: sampling.width,
+          height: sampling.height,
+          steps: sampling.steps,
+          guidance: sampling.guidance,
+          seed: sampling.seed,
+          numImages: sampling.n,
+          scheduler: sampling.scheduler,
+          ...(o.latents ? { latents: o.latents } : {}),
+          ...(controlImage ? { controlImage, conditioningScale } : {}),
+          ...(o.recordSteps ? { recordSteps: true } : {}),
+        },
+        progress,
+      );
+    } finally {
+      o.signal?.removeEventListener("abort", abort);
+    }
+    const parameters: GenerationParameters = {
+      ...prompt,
+      subject,
+      ...sampling,
+      subjectCrop: crop,
+      controlImage: controlImage !== undefined,
+      model: typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir),
+      device: this.device,
+      dtype: this.dtype,
+    };
+    return {
+      images: res.images.map((img, i) => ({ ...img, seed: res.seeds[i] ?? sampling.seed + i })),
+      seeds: res.seeds,
+      parameters,
+      timings: { ...res.timings, subjectMs, totalMs: performance.now() - t0 },
+      warnings,
+      ...(res.stepLatents ? { stepLatents: res.stepLatents } : {}),
+      ...(res.vaeInput ? { vaeInput: res.vaeInput } : {}),
+    };
+  }
+
+  /** Frees the modules; idempotent; waits for the running call. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.queue;
+    await this.native.dispose();
+  }
+}
+
+/** Resolves "auto" device/dtype against the addon build and rejects impossible combinations. */
+export function resolveDevice(addon: NativeAddon, deviceOpt: unknown, dtypeOpt: unknown): { device: string; dtype: NativeDType } {
+  const want = parseDevice(deviceOpt);
+  const dt = parseDType(dtypeOpt);
+  const info = addon.buildInfo();
+  let device: string = want;
+  if (want === "auto") device = info.cudaAvailable ? "cuda" : "cpu";
+  if (device.startsWith("cuda")) {
+    if (!info.cudaCompiled)
+      throw new ModelError(
+        `CUDA was requested (device ${device}) but this blipdiff addon was built without CUDA (libtorch ${info.torchVersion}); use --device cpu, or rebuild with a CUDA libtorch`,
+      );
+    if (!info.cudaAvailable || info.cudaDeviceCount === 0) throw new ModelError(`CUDA was requested (device ${device}) but no CUDA device is available`);
+    const index = device === "cuda" ? 0 : Number(device.slice(5));
+    if (index >= info.cudaDeviceCount)
+      throw new ModelError(`device ${device} does not exist: ${info.cudaDeviceCount} CUDA device(s) available`);
+  }
+  const dtype: NativeDType = dt === "auto" ? (device.startsWith("cuda") ? "float16" : "float32") : dt;
+  if (device === "cpu" && dtype !== "float32") throw invalid("float32 on the cpu device", "dtype", dtype);
+  return { device, dtype };
+}

@@ -1,0 +1,53 @@
+// Runs the compiled CLI (node bin/blipdiff.js) for the end-to-end tests; compiles src/ once per process.
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { exportRoot, repoRoot } from "../helpers/fixtures.js";
+
+export { exportRoot, repoRoot };
+
+let built = false;
+
+/** `npx tsc -p tsconfig.json` once, so bin/blipdiff.js runs the current sources. */
+export function buildCli(): void {
+  if (built) return;
+  const r = spawnSync(process.execPath, [path.join(repoRoot, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], {
+    cwd: repoRoot,
+    encoding: "utf8",
+  });
+  if (r.status !== 0) throw new Error(`tsc failed:\n${r.stdout}${r.stderr}`);
+  built = true;
+}
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs `node bin/blipdiff.js ...args` to completion (CI=1: plain progress lines). */
+export function runCli(args: string[], opts: { input?: Buffer; env?: Record<string, string>; timeoutMs?: number } = {}): CliResult {
+  buildCli();
+  const r = spawnSync(process.execPath, [path.join(repoRoot, "bin", "blipdiff.js"), ...args], {
+    cwd: repoRoot,
+    input: opts.input,
+    env: { ...process.env, CI: "1", ...opts.env },
+    timeout: opts.timeoutMs ?? 240_000,
+    maxBuffer: 64 << 20,
+  });
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr.toString("utf8") };
+}
+
+export function modelDir(fixture: string, ckpt: "ckpt" | "ckpt-controlnet" = "ckpt"): string {
+  return path.join(exportRoot, fixture, ckpt);
+}
+
+export function addonBuilt(): boolean {
+  return existsSync(process.env.BLIPDIFF_ADDON ?? path.join(repoRoot, "native", "build", "Release", "blipdiff.node"));
+}
+
+/** The non-empty lines of a stream. */
+export function lines(s: string): string[] {
+  return s.split("\n").filter((l) => l.trim() !== "");
+}

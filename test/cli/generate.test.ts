@@ -1,0 +1,178 @@
+// End to end through the CLI: the fixture's pipeline cases from --seed, stdout streaming, --json,
+// several images, subject embeddings, SIGINT.
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import sharp from "sharp";
+import { afterAll, describe, expect, it } from "vitest";
+import { readPngText } from "../../src/image/png-text.js";
+import { fixtureNames, loadFixture, type GoldenFixture } from "../unit/golden.js";
+import { buildCli, lines, modelDir, repoRoot, runCli } from "./cli.js";
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-cli-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function caseArgs(fx: GoldenFixture, name: string): string[] {
+  const k = fx.json.cases.pipeline.cases[name].call_kwargs;
+  return [
+    "generate",
+    "--model", modelDir(fx.name, fx.json.cases.pipeline.cases[name].checkpoint),
+    "--subject-image", path.join(fx.dir, k.reference_image),
+    "--subject", k.source_subject_category,
+    "--target-subject", k.target_subject_category,
+    "--prompt", k.prompt,
+    "--negative-prompt", k.neg_prompt,
+    "--steps", String(k.num_inference_steps),
+    "--guidance", String(k.guidance_scale),
+    "--width", String(k.width),
+    "--height", String(k.height),
+    "--prompt-strength", String(k.prompt_strength),
+    "--prompt-reps", String(k.prompt_reps),
+    "--seed", String(k.latents_seed),
+    "--device", "cpu",
+    // The reference's own (misspelled) keyword for the ControlNet condition.
+    ...(k.condtioning_image ? ["--control-image", path.join(fx.dir, k.condtioning_image)] : []),
+  ];
+}
+
+/** Decoded RGB pixels of an image file or buffer. */
+async function pixels(src: string | Buffer): Promise<{ data: Buffer; width: number; height: number }> {
+  const { data, info } = await sharp(src).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height };
+}
+
+/** At most 1 off, on at most 1% of the values. */
+function expectImageClose(actual: Uint8Array, golden: Uint8Array): void {
+  expect(actual.length).toBe(golden.length);
+  let off = 0;
+  let worst = 0;
+  for (let i = 0; i < golden.length; i++) {
+    const d = Math.abs(actual[i] - golden[i]);
+    if (d > 0) off++;
+    worst = Math.max(worst, d);
+  }
+  expect(worst).toBeLessThanOrEqual(1);
+  expect(off).toBeLessThanOrEqual(Math.ceil(golden.length * 0.01));
+}
+
+for (const name of fixtureNames()) {
+  describe(`blipdiff generate (${name})`, () => {
+    const fx = loadFixture(name);
+    buildCli();
+
+    for (const c of Object.keys(fx.json.cases.pipeline.cases)) {
+      it(`reproduces pipe.${c}.image_u8 from --seed`, async () => {
+        const out = path.join(tmp, `${name}-${c}.png`);
+        const r = runCli([...caseArgs(fx, c), "--quiet", "-o", out]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+        expect(r.stdout.toString().trim()).toBe(out);
+        const img = await pixels(out);
+        const golden = fx.tensor(`pipe.${c}.image_u8`);
+        expect([1, img.height, img.width, 3]).toEqual(golden.shape);
+        expectImageClose(img.data, golden.data as Uint8Array);
+        const meta = JSON.parse(readPngText(readFileSync(out)).blipdiff);
+        expect(meta.seed).toBe(fx.json.cases.pipeline.cases[c].call_kwargs.latents_seed);
+        expect(meta.steps).toBe(fx.json.cases.pipeline.cases[c].call_kwargs.num_inference_steps);
+        expect(readPngText(readFileSync(out)).parameters).toMatch(/Seed: 42/);
+      });
+    }
+
+    it("-o - streams a valid PNG to stdout", async () => {
+      const r = runCli([...caseArgs(fx, "cfg"), "-o", "-"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout.subarray(0, 8).toString("hex")).toBe("89504e470d0a1a0a");
+      const img = await pixels(r.stdout);
+      expectImageClose(img.data, fx.tensor("pipe.cfg.image_u8").data as Uint8Array);
+      expect(readPngText(r.stdout).parameters).toMatch(/Seed: 42/);
+    });
+
+    it("--json prints one parseable document; -n 2 into a folder writes seed-named files", () => {
+      const dir = path.join(tmp, `${name}-many`) + path.sep;
+      const r = runCli([...caseArgs(fx, "nocfg"), "-n", "2", "--json", "-o", dir]);
+      expect(r.code).toBe(0);
+      const doc = JSON.parse(r.stdout.toString());
+      expect(doc.seeds).toEqual([42, 43]);
+      expect(doc.outputs).toEqual([path.join(dir, "42.png"), path.join(dir, "43.png")]);
+      expect(doc.parameters.steps).toBe(5);
+      expect(doc.parameters.seed).toBe(42);
+      expect(typeof doc.timings.totalMs).toBe("number");
+      for (const f of doc.outputs) expect(existsSync(f)).toBe(true);
+      expect(readdirSync(dir).sort()).toEqual(["42.png", "43.png"]);
+    });
+
+    it("-n 2 with a file name writes name-0 and name-1; image 1 equals a run from seed + 1", async () => {
+      const base = path.join(tmp, `${name}-pair.png`);
+      const r = runCli([...caseArgs(fx, "nocfg"), "-n", "2", "--quiet", "-o", base]);
+      expect(r.code).toBe(0);
+      const outs = lines(r.stdout.toString());
+      expect(outs).toEqual([path.join(tmp, `${name}-pair-0.png`), path.join(tmp, `${name}-pair-1.png`)]);
+      const single = path.join(tmp, `${name}-seed43.png`);
+      const args = caseArgs(fx, "nocfg");
+      args[args.indexOf("--seed") + 1] = "43";
+      expect(runCli([...args, "--quiet", "-o", single]).code).toBe(0);
+      expect((await pixels(single)).data.equals((await pixels(outs[1])).data)).toBe(true);
+    });
+
+    it("encode then generate --subject-embedding gives the same image as from the picture", async () => {
+      const k = fx.json.cases.pipeline.cases.cfg.call_kwargs;
+      const emb = path.join(tmp, `${name}-dog.safetensors`);
+      const e = runCli([
+        "encode", "--model", modelDir(name), "--subject-image", path.join(fx.dir, k.reference_image),
+        "--subject", k.source_subject_category, "--device", "cpu", "--quiet", "-o", emb,
+      ]);
+      expect(e.stderr).toBe("");
+      expect(e.code).toBe(0);
+      expect(e.stdout.toString().trim()).toBe(emb);
+      const args = caseArgs(fx, "cfg");
+      const i = args.indexOf("--subject-image");
+      args.splice(i, 2, "--subject-embedding", emb);
+      const out = path.join(tmp, `${name}-from-emb.png`);
+      const r = runCli([...args, "--quiet", "-o", out]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expectImageClose((await pixels(out)).data, fx.tensor("pipe.cfg.image_u8").data as Uint8Array);
+      const direct = path.join(tmp, `${name}-cfg.png`);
+      if (existsSync(direct)) expect((await pixels(out)).data.equals((await pixels(direct)).data)).toBe(true);
+    });
+
+    it("--subject-image - reads the picture from stdin", async () => {
+      const args = caseArgs(fx, "nocfg");
+      const i = args.indexOf("--subject-image");
+      const file = args[i + 1];
+      args[i + 1] = "-";
+      const out = path.join(tmp, `${name}-stdin.png`);
+      const r = runCli([...args, "--quiet", "-o", out], { input: readFileSync(file) });
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expectImageClose((await pixels(out)).data, fx.tensor("pipe.nocfg.image_u8").data as Uint8Array);
+    });
+
+    it("SIGINT mid-run exits 130 and leaves no partial file", async () => {
+      const dir = mkdtempSync(path.join(tmp, "sigint-"));
+      const out = path.join(dir, "never.png");
+      const args = caseArgs(fx, "cfg");
+      args[args.indexOf("--steps") + 1] = "900";
+      const child = spawn(process.execPath, [path.join(repoRoot, "bin", "blipdiff.js"), ...args, "-o", out], {
+        cwd: repoRoot,
+        env: { ...process.env, CI: "1" },
+      });
+      let stderr = "";
+      const code = await new Promise<number | null>((resolve) => {
+        let sent = false;
+        child.stderr.on("data", (d: Buffer) => {
+          stderr += d.toString();
+          if (!sent && /denoising step [3-9]/.test(stderr)) {
+            sent = true;
+            child.kill("SIGINT");
+          }
+        });
+        child.on("close", (c) => resolve(c));
+      });
+      expect(stderr).toMatch(/denoising step/);
+      expect(code).toBe(130);
+      expect(readdirSync(dir)).toEqual([]);
+    });
+  });
+}

@@ -1,0 +1,62 @@
+// Shared by the native tests: the addon, fixtures, tensors.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import type { NativeAddon, NativeModelSpec, NativeTensor } from "../../src/bindings/types.js";
+import { Fixture, repoRoot } from "../helpers/fixtures.js";
+
+export const addonPath = path.join(repoRoot, "native", "build", "Release", "blipdiff.node");
+
+let cached: NativeAddon | undefined;
+export function addon(): NativeAddon {
+  cached ??= createRequire(import.meta.url)(addonPath) as NativeAddon;
+  return cached;
+}
+
+export function fixture(name: string): Fixture {
+  return new Fixture(name);
+}
+
+export function nt(f: Fixture, name: string): NativeTensor {
+  const t = f.tensor(name);
+  if (!(t.data instanceof Float32Array)) throw new Error(`${name} is ${t.dtype}`);
+  return { data: t.data, shape: t.shape };
+}
+
+export function ids(f: Fixture, name: string): Int32Array {
+  const t = f.tensor(name);
+  if (!(t.data instanceof BigInt64Array)) throw new Error(`${name} is ${t.dtype}`);
+  return Int32Array.from(t.data, (v) => Number(v));
+}
+
+/** NativeModelSpec of an exported model folder (what src/ builds from manifest.json). */
+export function specOf(dir: string): NativeModelSpec {
+  const m = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8").replace(/-Infinity/g, "null"));
+  const modules: Record<string, { path: string; sha256: string }> = {};
+  for (const [name, mod] of Object.entries(m.modules as Record<string, { file: string; sha256: string }>)) {
+    modules[name] = { path: path.join(dir, mod.file), sha256: mod.sha256 };
+  }
+  return {
+    modules: modules as NativeModelSpec["modules"],
+    numQueryTokens: m.config.num_query_tokens,
+    ctxBeginPos: m.config.ctx_begin_pos,
+    textMaxLength: m.config.text_max_length,
+    latentChannels: m.config.latent_channels,
+    latentScale: m.config.latent_scale,
+    vaeScalingFactor: m.config.vae_scaling_factor,
+    scheduler: m.scheduler,
+  };
+}
+
+/** Max |a-b| and whether all |a-b| <= atol + rtol |b|. */
+export function compare(a: ArrayLike<number>, b: ArrayLike<number>, atol = 1e-4, rtol = 1e-4): { max: number; ok: boolean } {
+  if (a.length !== b.length) return { max: Infinity, ok: false };
+  let max = 0;
+  let ok = true;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    max = Math.max(max, d);
+    if (!(d <= atol + rtol * Math.abs(b[i]))) ok = false;
+  }
+  return { max, ok };
+}
