@@ -28,6 +28,8 @@ function step(name, cmd, args, env = {}) {
 }
 
 if (!only || only === "python") {
+  step("lint (ruff)", py, ["-m", "ruff", "check", "--config", "models/ruff.toml", "models"]);
+  step("format (ruff)", py, ["-m", "ruff", "format", "--check", "--config", "models/ruff.toml", "models"]);
   step("python (models/)", py, ["-m", "pytest", "models/tests", "-q", "-p", "no:cacheprovider"], {
     PYTHONDONTWRITEBYTECODE: "1",
   });

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from blipdiff_export.checkpoint import read_checkpoint
 from blipdiff_export.export import CONFIGS_DIR, MODULES, RANDOM_SEED, module_class
 
