@@ -7,11 +7,11 @@ import { fileURLToPath } from "node:url";
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 export function log(msg) {
-  process.stderr.write(`[blipdiff setup] ${msg}\n`);
+  process.stderr.write(`[blipdiff] ${msg}\n`);
 }
 
 export function fail(msg) {
-  process.stderr.write(`[blipdiff setup] error: ${msg}\n`);
+  process.stderr.write(`[blipdiff] error: ${msg}\n`);
   process.exit(1);
 }
 

@@ -3,7 +3,8 @@
 //   blipdiff_bench --model DIR [--device cuda] [--dtype float16] [--width 512] [--height 512] [--steps 25]
 //                  [--guidance 7.5] [--scheduler pndm] [--runs 2] [--num-query-tokens 16] [--ctx-begin-pos 2]
 //                  [--text-max-length 77] [--latent-channels 4] [--latent-scale 8] [--scaling-factor 0.18215]
-//                  [--image-size 224] [--steps-offset 1] [--optimize 0|1]
+//                  [--image-size 224] [--steps-offset 1] [--optimize 0|1] [--per-module-load 0|1]
+// --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
 // Prints one JSON line per measurement on stderr and a summary JSON document on stdout.
 #include <ATen/ATen.h>
 
@@ -11,11 +12,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 
 #include "core/errors.h"
+#include "core/model.h"
 #include "core/pipeline.h"
+#include "core/sha256.h"
 
 using blipdiff::DType;
 
@@ -32,7 +36,7 @@ int main(int argc, char** argv) {
       {"device", "cpu"}, {"dtype", "float32"}, {"width", "512"}, {"height", "512"}, {"steps", "25"},
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
       {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
-      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}};
+      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -72,6 +76,29 @@ int main(int argc, char** argv) {
     options.dtype = blipdiff::dtype_from_string(args["dtype"]);
     options.verify_checksums = false;
     options.optimize = args["optimize"] == "1";
+
+    std::string per_module = "{}";
+    if (args["per-module-load"] == "1") {
+      const c10::Device device = blipdiff::resolve_device(options.device);
+      per_module = "{";
+      for (const char* name : {"qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder", "controlnet"}) {
+        const std::string path = dir + "/" + name + ".pt";
+        if (!std::filesystem::exists(path)) continue;
+        auto start = std::chrono::steady_clock::now();
+        (void)blipdiff::sha256_file(path);
+        const double sha_ms = ms_since(start);
+        start = std::chrono::steady_clock::now();
+        { torch::jit::Module m = torch::jit::load(path, device); }
+        const double load_ms = ms_since(start);
+        if (per_module.size() > 1) per_module += ", ";
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "\"%s\": {\"sha256Ms\": %.1f, \"loadMs\": %.1f, \"bytes\": %llu}", name, sha_ms,
+                      load_ms, static_cast<unsigned long long>(std::filesystem::file_size(path)));
+        per_module += buf;
+        std::fprintf(stderr, "{%s}\n", buf);
+      }
+      per_module += "}";
+    }
 
     blipdiff::Pipeline pipeline;
     auto t0 = std::chrono::steady_clock::now();
@@ -117,11 +144,11 @@ int main(int argc, char** argv) {
                                                                                                    : params.steps);
     std::printf(
         "{\"device\": \"%s\", \"dtype\": \"%s\", \"width\": %lld, \"height\": %lld, \"steps\": %lld, \"loadMs\": %.1f, "
-        "\"encodeMs\": %.1f, \"bestImageMs\": %.1f, \"stepsPerSecond\": %.3f}\n",
+        "\"encodeMs\": %.1f, \"bestImageMs\": %.1f, \"stepsPerSecond\": %.3f, \"modules\": %s}\n",
         pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(),
         static_cast<long long>(params.width), static_cast<long long>(params.height),
         static_cast<long long>(params.steps), load_ms, encode_ms, best_ms,
-        unet_calls / (last.timings.denoise_ms / 1000.0));
+        unet_calls / (last.timings.denoise_ms / 1000.0), per_module.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "blipdiff_bench: %s\n", blipdiff::describe(e).c_str());
     return 1;

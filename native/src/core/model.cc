@@ -11,7 +11,7 @@
 #endif
 
 #include "core/errors.h"
-#include "core/sha256.h"
+#include "core/verify.h"
 
 namespace blipdiff {
 
@@ -91,7 +91,6 @@ torch::jit::Module load_one(const ModuleFile& file, const std::string& what, con
     throw Error(codes::kModel, "the " + what + " module " + file.path +
                                    " does not exist; re-export the model with `blipdiff convert`");
   }
-  if (options.verify_checksums) verify_sha256(file.path, file.sha256, what);
   try {
     torch::jit::Module module = torch::jit::load(file.path, device);
     module.eval();
@@ -111,6 +110,13 @@ LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, cons
   spec.validate();
   check_dtype_for_device(options.dtype, device);
   if (device.is_cpu()) configure_cpu_runtime_once();
+  if (options.verify_checksums) {
+    std::vector<NamedFile> files = {{"qformer", spec.qformer},         {"text_encoder", spec.text_encoder},
+                                    {"unet", spec.unet},               {"vae_decoder", spec.vae_decoder},
+                                    {"vae_encoder", spec.vae_encoder}};
+    if (spec.controlnet) files.push_back({"controlnet", *spec.controlnet});
+    verify_files(files);
+  }
   LoadedModels models{
       load_one(spec.qformer, "qformer", options, device),
       load_one(spec.text_encoder, "text_encoder", options, device),

@@ -1,4 +1,5 @@
-// SHA-256 (FIPS 180-4), streaming; used to verify exported module files before loading them.
+// SHA-256 (FIPS 180-4), streaming, with the x86 SHA extensions when the CPU has them; used to verify
+// exported module files before loading them (core/verify.h).
 #pragma once
 
 #include <array>
@@ -16,7 +17,6 @@ class Sha256 {
   std::string hex_digest();
 
  private:
-  void compress(const uint8_t* block);
   std::array<uint32_t, 8> state_;
   std::array<uint8_t, 64> buffer_{};
   size_t buffered_ = 0;
@@ -25,8 +25,5 @@ class Sha256 {
 
 // Hex SHA-256 of a file's contents; throws blipdiff::Error when it cannot be read.
 std::string sha256_file(const std::string& path);
-
-// Throws an Error (code ERR_BLIPDIFF_CHECKSUM) naming the file when its hash differs from `expected_hex`.
-void verify_sha256(const std::string& path, const std::string& expected_hex, const std::string& what);
 
 }  // namespace blipdiff
