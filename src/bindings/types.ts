@@ -42,6 +42,8 @@ export interface NativeLoadOptions {
   dtype: NativeDType;
   /** Verify each module file's sha256 before loading. */
   verifyChecksums: boolean;
+  /** Freeze and optimize each module for inference at load (torch::jit::optimize_for_inference). */
+  optimize?: boolean;
 }
 
 export interface NativeGenerateParams {

@@ -33,6 +33,7 @@ interface GenerateFlags {
   subjectEmbedding?: string;
   controlImage?: string;
   verifyChecksums: boolean;
+  optimize?: boolean;
   json?: boolean;
   quiet?: boolean;
   output: string;
@@ -63,6 +64,7 @@ export function generateCommand(signal: AbortSignal): Command {
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
     .option("--control-image <file>", "ControlNet condition picture (model exported --with-controlnet)")
     .option("--no-verify-checksums", "skip the sha256 check of the module files")
+    .option("--optimize", "freeze and optimize the modules at load: slower load, faster steps (worth it for many steps)")
     .option("--json", "print one JSON document (outputs, seeds, parameters, timings) on stdout")
     .option("-q, --quiet", "no progress on stderr")
     .addHelpText("after", ENV_HELP)
@@ -92,7 +94,7 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
   if (f.controlImage) await decodeRgb(f.controlImage, { label: "control image" });
 
   progress.phase("loading the model");
-  const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums }));
+  const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums, optimize: f.optimize === true }));
   try {
     progress.phase("encoding the subject");
     const res = await pipe.generate({

@@ -38,6 +38,12 @@ export interface LoadOptions {
   dtype?: DTypeOption;
   /** Check each module's sha256 against the manifest before loading. Defaults to `true`. */
   verifyChecksums?: boolean;
+  /**
+   * Freeze and optimize the modules for inference at load (torch::jit::optimize_for_inference): a slower
+   * load for faster steps (full size on CPU: about 12 s more load, about 11% less per UNet call; see
+   * docs/benchmarks.md). Worth it for many steps or images. Defaults to `false`.
+   */
+  optimize?: boolean;
 }
 
 export interface EncodeSubjectOptions {
@@ -162,7 +168,12 @@ export class BlipDiffusionPipeline {
     const { device, dtype } = resolveDevice(addon, options.device ?? DEFAULTS.device, options.dtype ?? DEFAULTS.dtype);
     const native = new addon.Pipeline();
     try {
-      await native.load(manifest.spec, { device, dtype, verifyChecksums: options.verifyChecksums ?? true });
+      await native.load(manifest.spec, {
+        device,
+        dtype,
+        verifyChecksums: options.verifyChecksums ?? true,
+        optimize: options.optimize ?? false,
+      });
     } catch (err) {
       throw withCallerStack(new ModelError(`cannot load the model in ${manifest.dir}: ${messageOf(err)}`), caller);
     }

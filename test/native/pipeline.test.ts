@@ -208,6 +208,20 @@ for (const name of fixtureNames()) {
       await expect(p.generate(params("cfg"))).rejects.toThrow(/load\(\)/);
     });
 
+    it("optimize: true (freeze + optimize_for_inference at load) keeps the cfg latents within tolerance", async () => {
+      const p = new (addon().Pipeline)();
+      await p.load(specOf(f.model()), { device: "cpu", dtype: "float32", verifyChecksums: false, optimize: true });
+      try {
+        const res = await p.generate(params("cfg"));
+        res.stepLatents!.forEach((s, i) => {
+          const r = compare(s.data, f.f32(`pipe.cfg.step${i}.latents`));
+          expect(r.ok, `step ${i}: max diff ${r.max}`).toBe(true);
+        });
+      } finally {
+        await p.dispose();
+      }
+    });
+
     it("dispose during a run waits for it, then refuses new calls", async () => {
       const p = new (addon().Pipeline)();
       await p.load(specOf(f.model()), { device: "cpu", dtype: "float32", verifyChecksums: false });

@@ -10,6 +10,7 @@
 #include <malloc.h>
 #endif
 
+#include "core/cpu_allocator.h"
 #include "core/errors.h"
 #include "core/verify.h"
 
@@ -51,19 +52,21 @@ void check_dtype_for_device(DType dtype, const c10::Device& device) {
   }
 }
 
-// Allocator tuning. Each denoising step allocates the same large activation buffers again. glibc
-// serves blocks above M_MMAP_THRESHOLD with mmap and returns them to the OS on free (and trims the
-// heap top above M_TRIM_THRESHOLD), so every step page-faults its buffers in again: measured 2-3x on
-// the full-size UNet/VAE stages on CPU. Keeping freed memory in the heap (no mmap for large blocks,
-// no trimming) makes later steps reuse the same pages. The cost: peak RSS is not returned to the OS
-// until the process exits, which suits a CLI and a long-lived generation server alike.
-// BLIPDIFF_MALLOC_TUNING=0 keeps glibc's defaults.
+// Allocator tuning, part of the runtime's design: each denoising step allocates the same large
+// activation buffers again, and glibc hands big blocks back to the OS on free, so every step
+// page-faults them in anew (measured 2-3x on full-size stages). Two measures, both process-wide:
+// the caching CPU allocator (core/cpu_allocator.cc), which reuses freed large blocks on any thread,
+// and mallopt settings that keep the main arena's freed memory (no mmap for large blocks, no
+// trimming) for everything that does not go through c10's allocator. The cost: memory freed by a
+// run stays with the process (the cache is bounded and released on dispose).
+// BLIPDIFF_MALLOC_TUNING=0 keeps glibc's defaults and c10's own allocator.
 void configure_cpu_runtime_once() {
   static std::once_flag once;
   std::call_once(once, [] {
-#if defined(__GLIBC__)
     const char* env = std::getenv("BLIPDIFF_MALLOC_TUNING");
     if (env && std::string(env) == "0") return;
+    install_caching_cpu_allocator();
+#if defined(__GLIBC__)
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     mallopt(M_TOP_PAD, 64 << 20);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 
+#include "core/cpu_allocator.h"
 #include "core/denoise.h"
 #include "core/errors.h"
 #include "core/model.h"
@@ -76,6 +77,7 @@ void Pipeline::load(const ModelSpec& spec, const LoadOptions& options) {
 
 void Pipeline::unload() {
   models_.reset();
+  release_cached_cpu_memory();
 }
 
 at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask) {

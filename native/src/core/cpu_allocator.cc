@@ -1,0 +1,136 @@
+#include "core/cpu_allocator.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <new>
+#include <string>
+#include <unordered_map>
+
+namespace blipdiff {
+
+// Why: each UNet/VAE call allocates the same large activation buffers again (hundreds of MB at full
+// size). glibc serves such blocks with mmap and unmaps them on free, so every denoising step page-faults
+// its buffers in anew (measured 2-3x on full-size stages). mallopt cannot fully prevent it: it applies
+// to the main arena, while blipdiff computes on Node's worker threads, whose arenas mmap any block that
+// does not fit their 64 MB heaps whatever the mallopt settings. This allocator keeps freed large blocks
+// and hands them out again, so a step reuses the previous step's (already faulted-in) pages.
+// Small allocations go to the allocator that was installed before. Cached blocks are bounded
+// (kMaxCachedBytes) and released when a pipeline is disposed.
+namespace {
+
+constexpr size_t kAlignment = 64;                // c10's CPU alignment
+constexpr size_t kMinCached = size_t(1) << 20;   // cache blocks of 1 MiB and more
+constexpr size_t kGranule = size_t(64) << 10;    // sizes rounded up to 64 KiB
+constexpr size_t kMaxCachedBytes = size_t(4) << 30;
+
+void delete_block(void* ptr);
+
+class CachingCpuAllocator final : public c10::Allocator {
+ public:
+  explicit CachingCpuAllocator(c10::Allocator* fallback) : fallback_(fallback) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kMinCached) return fallback_->allocate(n);
+    const size_t size = (n + kGranule - 1) / kGranule * kGranule;
+    void* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // Best fit among free blocks, accepting at most twice the size asked for.
+      auto it = free_.lower_bound(size);
+      if (it != free_.end() && it->first <= 2 * size) {
+        ptr = it->second;
+        cached_bytes_ -= it->first;
+        in_use_[ptr] = it->first;
+        free_.erase(it);
+        ++hits_;
+      }
+    }
+    if (!ptr) {
+      if (posix_memalign(&ptr, kAlignment, size) != 0 || !ptr) {
+        release();  // the cache may be holding what the system needs: retry once without it
+        if (posix_memalign(&ptr, kAlignment, size) != 0 || !ptr) throw std::bad_alloc();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use_[ptr] = size;
+      ++misses_;
+    }
+    return {ptr, ptr, &delete_block, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &delete_block; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  void free_block(void* ptr) {
+    size_t size = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = in_use_.find(ptr);
+      if (it != in_use_.end()) {
+        size = it->second;
+        in_use_.erase(it);
+        if (cached_bytes_ + size <= kMaxCachedBytes) {
+          free_.emplace(size, ptr);
+          cached_bytes_ += size;
+          return;
+        }
+      }
+    }
+    std::free(ptr);
+  }
+
+  void release() {
+    std::multimap<size_t, void*> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      cached_bytes_ = 0;
+    }
+    for (auto& [size, ptr] : blocks) std::free(ptr);
+  }
+
+  CpuCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {cached_bytes_, hits_, misses_};
+  }
+
+ private:
+  c10::Allocator* fallback_;
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  std::unordered_map<void*, size_t> in_use_;
+  size_t cached_bytes_ = 0;
+  size_t hits_ = 0;
+  size_t misses_ = 0;
+};
+
+CachingCpuAllocator* g_allocator = nullptr;
+
+void delete_block(void* ptr) { g_allocator->free_block(ptr); }
+
+}  // namespace
+
+void install_caching_cpu_allocator() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("BLIPDIFF_MALLOC_TUNING");
+    if (env && std::string(env) == "0") return;
+    // Never destroyed: tensors may be freed during process teardown, after static destructors ran.
+    g_allocator = new CachingCpuAllocator(c10::GetCPUAllocator());
+    c10::SetCPUAllocator(g_allocator, /*priority=*/100);
+  });
+}
+
+void release_cached_cpu_memory() {
+  if (g_allocator) g_allocator->release();
+}
+
+CpuCacheStats cpu_cache_stats() { return g_allocator ? g_allocator->stats() : CpuCacheStats{}; }
+
+}  // namespace blipdiff

@@ -1,0 +1,22 @@
+// A caching allocator for CPU tensors (process-wide; see cpu_allocator.cc for why).
+#pragma once
+
+#include <cstddef>
+
+namespace blipdiff {
+
+// Installs the caching allocator as c10's CPU allocator, once per process. Tensors allocated before
+// keep their allocator; every later large CPU allocation goes through the cache.
+void install_caching_cpu_allocator();
+
+// Frees the cached (unused) blocks, e.g. when a pipeline is disposed. Blocks in use are untouched.
+void release_cached_cpu_memory();
+
+struct CpuCacheStats {
+  size_t cached_bytes = 0;  // held in the cache, free for reuse
+  size_t hits = 0;          // large allocations served from the cache
+  size_t misses = 0;        // large allocations that went to the system allocator
+};
+CpuCacheStats cpu_cache_stats();
+
+}  // namespace blipdiff
