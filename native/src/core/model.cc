@@ -88,8 +88,10 @@ void cast_floating(torch::jit::Module& module, at::ScalarType dtype) {
   }
 }
 
-torch::jit::Module load_one(const ModuleFile& file, const std::string& what, const LoadOptions& options,
-                            const c10::Device& device) {
+}  // namespace
+
+torch::jit::Module load_module(const ModuleFile& file, const std::string& what, const LoadOptions& options,
+                               const c10::Device& device) {
   if (!std::filesystem::exists(file.path)) {
     throw Error(codes::kModel, "the " + what + " module " + file.path +
                                    " does not exist; re-export the model with `blipdiff convert`");
@@ -107,8 +109,6 @@ torch::jit::Module load_one(const ModuleFile& file, const std::string& what, con
   }
 }
 
-}  // namespace
-
 LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device) {
   spec.validate();
   check_dtype_for_device(options.dtype, device);
@@ -121,14 +121,14 @@ LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, cons
     verify_files(files);
   }
   LoadedModels models{
-      load_one(spec.qformer, "qformer", options, device),
-      load_one(spec.text_encoder, "text_encoder", options, device),
-      load_one(spec.unet, "unet", options, device),
-      load_one(spec.vae_decoder, "vae_decoder", options, device),
-      load_one(spec.vae_encoder, "vae_encoder", options, device),
+      load_module(spec.qformer, "qformer", options, device),
+      load_module(spec.text_encoder, "text_encoder", options, device),
+      load_module(spec.unet, "unet", options, device),
+      load_module(spec.vae_decoder, "vae_decoder", options, device),
+      load_module(spec.vae_encoder, "vae_encoder", options, device),
       std::nullopt,
   };
-  if (spec.controlnet) models.controlnet = load_one(*spec.controlnet, "controlnet", options, device);
+  // The ControlNet (1.4 GB at full size) is loaded on first use: Pipeline::generate with a control image.
   return models;
 }
 

@@ -29,7 +29,12 @@ struct LoadedModels {
   std::optional<torch::jit::Module> controlnet;
 };
 
-// Verifies checksums (when asked), loads each module onto `device`, casts floating parameters and
+// Loads one module file onto `device`, cast to the options' dtype, in eval mode (no checksum check).
+torch::jit::Module load_module(const ModuleFile& file, const std::string& what, const LoadOptions& options,
+                               const c10::Device& device);
+
+// Verifies checksums (when asked; the ControlNet's too), loads each module except the ControlNet (loaded on
+// first use) onto `device`, casts floating parameters and
 // buffers to `dtype`, switches to eval mode. Errors name the module and file.
 LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device);
 

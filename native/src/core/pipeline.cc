@@ -70,6 +70,7 @@ void Pipeline::load(const ModelSpec& spec, const LoadOptions& options) {
   if (device.is_cuda()) guard.reset_device(device);
   auto models = std::make_unique<LoadedModels>(load_models(spec, options, device));
   spec_ = spec;
+  options_ = options;
   models_ = std::move(models);
   device_name_ = device.str();
   dtype_ = options.dtype;
@@ -158,6 +159,14 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
 
   std::optional<at::Tensor> control;
   if (params.control_image) {
+    if (!models_->controlnet) {
+      try {
+        c10::InferenceMode normal_tensors(false);  // parameters must not be inference tensors
+        models_->controlnet = load_module(*spec_.controlnet, "controlnet", options_, device);
+      } catch (...) {
+        rethrow_with_context("while loading the ControlNet");
+      }
+    }
     at::Tensor c = params.control_image->to(device, dtype);
     control = cfg ? at::cat({c, c}, 0) : c;
   }

@@ -37,6 +37,7 @@ class Pipeline {
 
  private:
   ModelSpec spec_;
+  LoadOptions options_;
   std::unique_ptr<LoadedModels> models_;
   std::string device_name_ = "cpu";
   DType dtype_ = DType::kFloat32;
