@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // One blipdiff measurement through the library API (dist/), run by scripts/bench.mjs in its own process.
-// Prints one JSON document on stdout.
+// Prints one JSON document on stdout. `--load-only` measures only BlipDiffusionPipeline.load.
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { root } from "./lib.mjs";
@@ -22,6 +22,11 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let t = performance.now();
 const pipe = await BlipDiffusionPipeline.load(model, { device: "cpu", dtype: "float32" });
 const loadMs = performance.now() - t;
+if (process.argv.includes("--load-only")) {
+  await pipe.dispose();
+  process.stdout.write(`${JSON.stringify({ load_ms: loadMs, peak_rss_mb: process.resourceUsage().maxRSS / 1024 })}\n`);
+  process.exit(0);
+}
 
 const encodeTimes = [];
 let embedding;

@@ -73,12 +73,12 @@ for (const name of chosen) {
   delete native.stdout;
   delete eager.stdout;
   results[name] = { blipdiff: native, eager };
-  table += `\nallocator: ${name === "tuned" ? "blipdiff's mallopt settings on both sides" : "glibc defaults on both sides"}\n\n`;
+  table += `\nallocator: ${name === "tuned" ? "tuned (blipdiff: caching allocator + mallopt; eager: the same MALLOC_* settings)" : "glibc defaults on both sides"}\n\n`;
   table += "| stage | blipdiff (ms) | eager PyTorch (ms) | eager / blipdiff |\n| --- | ---: | ---: | ---: |\n";
   for (const [label, key] of rows) {
     table += `| ${label} | ${fmt(native[key])} | ${fmt(eager[key])} | ${(eager[key] / native[key]).toFixed(2)}x |\n`;
   }
-  table += `| load (blipdiff: sha256 + torch::jit::load of all modules; eager: build the modules) | ${fmt(native.load_ms)} | ${fmt(eager.build_ms)} | |\n`;
+  table += `| load (blipdiff: checksums + torch::jit::load; eager: build the modules) | ${fmt(native.load_ms)} | ${fmt(eager.build_ms)} | |\n`;
 }
 mkdirSync(path.join(root, ".bench"), { recursive: true });
 writeFileSync(path.join(root, ".bench", "results.json"), `${JSON.stringify(results, null, 2)}\n`);

@@ -24,8 +24,9 @@ import {
   type DTypeOption,
   type DeviceOption,
   type PromptOptions,
+  type ResolvedPrompt,
+  type ResolvedSampling,
   type SamplingOptions,
-  type SchedulerKind,
 } from "./options.js";
 import { parseSubjectCrop, preprocessCondition, preprocessSubject, stackBatch, type SubjectCrop } from "./preprocess.js";
 import { buildPrompt } from "./prompt.js";
@@ -84,20 +85,8 @@ export interface GenerateOptions extends PromptOptions, SamplingOptions {
 }
 
 /** Everything that determines an image, as embedded in its metadata and printed with --json. */
-export interface GenerationParameters {
-  prompt: string;
-  negativePrompt: string;
+export interface GenerationParameters extends ResolvedPrompt, ResolvedSampling {
   subject: string;
-  targetSubject: string;
-  promptStrength: number;
-  promptReps: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
-  seed: number;
-  n: number;
-  scheduler: SchedulerKind;
   subjectCrop: SubjectCrop;
   controlImage: boolean;
   model: string;
