@@ -27,6 +27,31 @@ function u8Report(a: Uint8Array, b: Uint8Array): { maxOff: number; offFraction: 
   return { maxOff, offFraction: off / a.length };
 }
 
+/** Native parameters of a golden pipeline case, with the golden initial latents and ids. */
+function caseParams(
+  f: ReturnType<typeof fixture>,
+  caseName: "cfg" | "nocfg" | "cn",
+  extra: Partial<NativeGenerateParams> = {},
+): NativeGenerateParams {
+  const kw = f.json.cases.pipeline.cases[caseName].call_kwargs;
+  const spec = specOf(f.model(caseName === "cn" ? "ckpt-controlnet" : "ckpt"));
+  return {
+    condIds: ids(f, "text.dog.input_ids"),
+    uncondIds: padIds(f, kw.neg_prompt, spec.textMaxLength),
+    queryEmbeds: nt(f, `pipe.${caseName}.query_embeds`),
+    width: kw.width,
+    height: kw.height,
+    steps: kw.num_inference_steps,
+    guidance: kw.guidance_scale,
+    seed: kw.latents_seed,
+    numImages: 1,
+    scheduler: "pndm",
+    latents: nt(f, "pipe.latents"),
+    recordSteps: true,
+    ...extra,
+  };
+}
+
 for (const name of fixtureNames()) {
   describe(`native pipeline (${name})`, () => {
     const f = fixture(name);
@@ -34,25 +59,8 @@ for (const name of fixtureNames()) {
     const cfgCase = cases.cfg.call_kwargs;
     let pipe: NativePipeline;
 
-    function params(caseName: "cfg" | "nocfg" | "cn", extra: Partial<NativeGenerateParams> = {}): NativeGenerateParams {
-      const kw = cases[caseName].call_kwargs;
-      const spec = specOf(f.model());
-      return {
-        condIds: ids(f, "text.dog.input_ids"),
-        uncondIds: padIds(f, kw.neg_prompt, spec.textMaxLength),
-        queryEmbeds: nt(f, `pipe.${caseName}.query_embeds`),
-        width: kw.width,
-        height: kw.height,
-        steps: kw.num_inference_steps,
-        guidance: kw.guidance_scale,
-        seed: kw.latents_seed,
-        numImages: 1,
-        scheduler: "pndm",
-        latents: nt(f, "pipe.latents"),
-        recordSteps: true,
-        ...extra,
-      };
-    }
+    const params = (caseName: "cfg" | "nocfg" | "cn", extra: Partial<NativeGenerateParams> = {}): NativeGenerateParams =>
+      caseParams(f, caseName, extra);
 
     beforeAll(async () => {
       pipe = new (addon().Pipeline)();
@@ -239,33 +247,18 @@ for (const name of fixtureNames()) {
   });
 
   const cn = fixture(name);
-  describe.skipIf(!existsSync(path.join(cn.model("ckpt-controlnet"), "manifest.json")) && !process.env.CI)(`controlnet (${name})`, () => {
+  // Only a fixture without a ControlNet checkpoint has no cn case.
+  describe.skipIf(!existsSync(path.join(cn.dir, "ckpt-controlnet")))(`controlnet (${name})`, () => {
     it("cn: per-step latents and image match pipe.cn.*", async () => {
       const f = cn;
-      const kw = f.json.cases.pipeline.cases.cn.call_kwargs;
       const spec = specOf(f.model("ckpt-controlnet"));
       const p = new (addon().Pipeline)();
       await p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true });
       try {
-        const res = await p.generate({
-          condIds: ids(f, "text.dog.input_ids"),
-          uncondIds: padIds(f, kw.neg_prompt, spec.textMaxLength),
-          queryEmbeds: nt(f, "pipe.cn.query_embeds"),
-          width: kw.width,
-          height: kw.height,
-          steps: kw.num_inference_steps,
-          guidance: kw.guidance_scale,
-          seed: kw.latents_seed,
-          numImages: 1,
-          scheduler: "pndm",
-          latents: nt(f, "pipe.latents"),
-          // the golden condition is duplicated for CFG; the addon takes one copy
-          controlImage: (() => {
-            const c = nt(f, "pipe.cn.controlnet_cond");
-            return { data: c.data.slice(0, c.data.length / 2), shape: [1, ...c.shape.slice(1)] };
-          })(),
-          recordSteps: true,
-        });
+        // The golden condition is duplicated for CFG; the addon takes one copy.
+        const c = nt(f, "pipe.cn.controlnet_cond");
+        const controlImage = { data: c.data.slice(0, c.data.length / 2), shape: [1, ...c.shape.slice(1)] };
+        const res = await p.generate(caseParams(f, "cn", { controlImage }));
         let max = 0;
         res.stepLatents!.forEach((s, i) => {
           const r = compare(s.data, f.f32(`pipe.cn.step${i}.latents`));
