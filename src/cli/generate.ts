@@ -64,7 +64,7 @@ export function generateCommand(signal: AbortSignal): Command {
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
     .option("--control-image <file>", "ControlNet condition picture (model exported --with-controlnet)")
     .option("--no-verify-checksums", "skip the sha256 check of the module files")
-    .option("--optimize", "freeze and optimize the modules at load: slower load, faster steps (worth it for many steps)")
+    .option("--optimize", "freeze and optimize the modules at load (torch::jit::optimize_for_inference; slower load, see docs/benchmarks.md)")
     .option("--json", "print one JSON document (outputs, seeds, parameters, timings) on stdout")
     .option("-q, --quiet", "no progress on stderr")
     .addHelpText("after", ENV_HELP)

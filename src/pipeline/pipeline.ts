@@ -40,9 +40,9 @@ export interface LoadOptions {
   /** Check each module's sha256 against the manifest before loading. Defaults to `true`. */
   verifyChecksums?: boolean;
   /**
-   * Freeze and optimize the modules for inference at load (torch::jit::optimize_for_inference): a slower
-   * load for faster steps (full size on CPU: about 12 s more load, about 11% less per UNet call; see
-   * docs/benchmarks.md). Worth it for many steps or images. Defaults to `false`.
+   * Freeze and optimize the modules for inference at load (torch::jit::optimize_for_inference): about 12 s
+   * more load at full size; on the CPU it no longer speeds up steps (docs/benchmarks.md), on CUDA it is
+   * unmeasured. Defaults to `false`.
    */
   optimize?: boolean;
 }

@@ -71,8 +71,8 @@ struct LoadOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   DType dtype = DType::kFloat32;
   bool verify_checksums = true;
-  // torch::jit::freeze + optimize_for_inference on load: full size on CPU, about 12 s more load and about
-  // 11% less per UNet call (docs/benchmarks.md); on the tiny fixtures it is slower. Off by default.
+  // torch::jit::freeze + optimize_for_inference on load: full size on CPU, about 12 s more load and, with
+  // channels-last weights, no faster steps (docs/benchmarks.md); unmeasured on CUDA. Off by default.
   bool optimize = false;
 };
 
