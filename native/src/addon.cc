@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Pipeline", blipdiff::napi::PipelineWrap::Init(env));
   exports.Set("Scheduler", blipdiff::napi::SchedulerWrap::Init(env));
   exports.Set("buildInfo", Napi::Function::New<blipdiff::napi::BuildInfo>(env, "buildInfo"));
+  exports.Set("memoryStats", Napi::Function::New<blipdiff::napi::MemoryStats>(env, "memoryStats"));
   return exports;
 }
 

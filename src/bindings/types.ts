@@ -128,8 +128,19 @@ export interface NativeBuildInfo {
   numThreads: number;
 }
 
+/** Counters of the caching CPU allocator (native/src/core/cpu_allocator.cc); zeros when it is off. */
+export interface NativeMemoryStats {
+  /** Bytes of freed large blocks held for reuse. */
+  cpuCachedBytes: number;
+  /** Large allocations served from the cache. */
+  cpuCacheHits: number;
+  /** Large allocations that went to the system allocator. */
+  cpuCacheMisses: number;
+}
+
 export interface NativeAddon {
   Pipeline: new () => NativePipeline;
   Scheduler: new (kind: NativeSchedulerKind, config: Record<string, unknown>) => NativeScheduler;
   buildInfo(): NativeBuildInfo;
+  memoryStats(): NativeMemoryStats;
 }
