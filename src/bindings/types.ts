@@ -44,6 +44,8 @@ export interface NativeLoadOptions {
   verifyChecksums: boolean;
   /** Freeze and optimize each module for inference at load (torch::jit::optimize_for_inference). */
   optimize?: boolean;
+  /** Load only the Q-Former: encodeSubject works, generate() is refused. */
+  subjectOnly?: boolean;
 }
 
 export interface NativeGenerateParams {

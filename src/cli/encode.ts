@@ -57,7 +57,7 @@ export function encodeCommand(): Command {
       readManifest(modelDir);
       for (const src of f.subjectImage) await decodeRgb(src, { label: "subject image" });
       progress.phase("loading the model");
-      const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums }));
+      const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums, subjectOnly: true }));
       try {
         progress.phase("encoding the subject");
         const emb = await pipe.encodeSubject({ images: f.subjectImage, subject: f.subject, crop });

@@ -45,6 +45,9 @@ export interface LoadOptions {
    * unmeasured. Defaults to `false`.
    */
   optimize?: boolean;
+  /** Load only the subject encoder (the Q-Former): for {@link BlipDiffusionPipeline.encodeSubject} alone, with a third
+   * of the memory; generate() then rejects. Defaults to `false`. */
+  subjectOnly?: boolean;
 }
 
 export interface EncodeSubjectOptions {
@@ -162,6 +165,7 @@ export class BlipDiffusionPipeline {
         dtype,
         verifyChecksums: options.verifyChecksums ?? true,
         optimize: options.optimize ?? false,
+        subjectOnly: options.subjectOnly ?? false,
       });
     } catch (err) {
       throw withCallerStack(new ModelError(`cannot load the model in ${manifest.dir}: ${messageOf(err)}`), caller);

@@ -90,6 +90,17 @@ for (const name of fixtureNames()) {
       expect(allClose(one.queryEmbeds.data, q, 1e-4, 1e-4)).toBe(true);
     });
 
+    it("subjectOnly loads only the Q-Former: encodeSubject still matches, generate is refused", async () => {
+      const enc = await BlipDiffusionPipeline.load(modelDir(name), { device: "cpu", subjectOnly: true });
+      try {
+        const e = await enc.encodeSubject({ images: fx.input("reference.png"), subject: "dog" });
+        expect(allClose(e.queryEmbeds.data, fx.tensor("qformer.dog.query_embeds").data as Float32Array, 1e-4, 1e-4)).toBe(true);
+        await expect(enc.generate({ ...caseOptions(fx, "nocfg"), steps: 1 })).rejects.toThrow(/subject encoding only/);
+      } finally {
+        await enc.dispose();
+      }
+    });
+
     it("dispose waits for the running call and is idempotent", async () => {
       const p2 = await BlipDiffusionPipeline.load(modelDir(name), { device: "cpu" });
       const run = p2.generate({ ...caseOptions(fx, "nocfg"), steps: 2 });

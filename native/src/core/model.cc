@@ -129,6 +129,12 @@ LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, cons
   spec.validate();
   check_dtype_for_device(options.dtype, device);
   if (device.is_cpu()) configure_cpu_runtime_once();
+  if (options.subject_only) {
+    if (options.verify_checksums) verify_files({{"qformer", spec.qformer}});
+    LoadedModels models;
+    models.qformer = load_module(spec.qformer, "qformer", options, device);
+    return models;
+  }
   if (options.verify_checksums) {
     std::vector<NamedFile> files = {{"qformer", spec.qformer},         {"text_encoder", spec.text_encoder},
                                     {"unet", spec.unet},               {"vae_decoder", spec.vae_decoder},

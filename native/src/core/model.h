@@ -34,7 +34,7 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
                                const c10::Device& device);
 
 // Verifies checksums (when asked; the ControlNet's too), loads each module except the ControlNet (loaded on
-// first use) onto `device`, casts floating parameters and
+// first use; with options.subject_only, only the Q-Former) onto `device`, casts floating parameters and
 // buffers to `dtype`, switches to eval mode. Errors name the module and file.
 LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device);
 

@@ -74,6 +74,9 @@ struct LoadOptions {
   // torch::jit::freeze + optimize_for_inference on load: full size on CPU, about 12 s more load and, with
   // channels-last weights, no faster steps (docs/benchmarks.md); unmeasured on CUDA. Off by default.
   bool optimize = false;
+  // Load only the Q-Former (for encode_subject, e.g. `blipdiff encode`): 2 GB instead of 6 GB at full
+  // size. generate() is then refused.
+  bool subject_only = false;
 };
 
 struct GenerateParams {

@@ -106,6 +106,11 @@ at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& 
 GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn& progress,
                                   const std::atomic<bool>& cancel) {
   if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
+  if (options_.subject_only) {
+    throw Error(codes::kNotLoaded,
+                "the pipeline was loaded for subject encoding only (subjectOnly); load it without subjectOnly to "
+                "generate");
+  }
   params.validate(spec_);
   const auto start = Clock::now();
   const c10::Device device(device_name_);

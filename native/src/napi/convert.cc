@@ -214,6 +214,8 @@ LoadOptions load_options_from_js(const Napi::Value& value) {
   }
   const Napi::Value optimize = obj.Get("optimize");
   if (optimize.IsBoolean()) options.optimize = optimize.As<Napi::Boolean>().Value();
+  const Napi::Value subject_only = obj.Get("subjectOnly");
+  if (subject_only.IsBoolean()) options.subject_only = subject_only.As<Napi::Boolean>().Value();
   return options;
 }
 
