@@ -4,6 +4,7 @@
 //                  [--guidance 7.5] [--scheduler pndm] [--runs 2] [--num-query-tokens 16] [--ctx-begin-pos 2]
 //                  [--text-max-length 77] [--latent-channels 4] [--latent-scale 8] [--scaling-factor 0.18215]
 //                  [--image-size 224] [--steps-offset 1] [--optimize 0|1] [--per-module-load 0|1]
+// --dump-image FILE writes image 0 of the last run as raw HWC uint8 (to compare devices and dtypes).
 // --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
 // Prints one JSON line per measurement on stderr and a summary JSON document on stdout.
 #include <ATen/ATen.h>
@@ -36,7 +37,7 @@ int main(int argc, char** argv) {
       {"device", "cpu"}, {"dtype", "float32"}, {"width", "512"}, {"height", "512"}, {"steps", "25"},
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
       {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
-      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}};
+      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}, {"dump-image", ""}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -139,6 +140,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "{\"run\": %lld, \"ms\": %.1f, \"textMs\": %.1f, \"denoiseMs\": %.1f, \"decodeMs\": %.1f}\n",
                    static_cast<long long>(r), ms, last.timings.text_ms, last.timings.denoise_ms,
                    last.timings.decode_ms);
+    }
+    if (!args["dump-image"].empty() && !last.images.empty()) {
+      std::FILE* f = std::fopen(args["dump-image"].c_str(), "wb");
+      if (!f || std::fwrite(last.images[0].data.data(), 1, last.images[0].data.size(), f) != last.images[0].data.size()) {
+        std::fprintf(stderr, "blipdiff_bench: cannot write %s\n", args["dump-image"].c_str());
+        if (f) std::fclose(f);
+        return 1;
+      }
+      std::fclose(f);
     }
     const double unet_calls = static_cast<double>(params.scheduler == blipdiff::SchedulerKind::kPndm ? params.steps + 1
                                                                                                    : params.steps);
