@@ -323,7 +323,9 @@ export class BlipDiffusionPipeline {
       ...sampling,
       subjectCrop: crop,
       controlImage: controlImage !== undefined,
-      model: typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir),
+      model:
+        (typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir)) +
+        (m.source.random_weights === true ? " (random weights)" : ""),
       device: this.device,
       dtype: this.dtype,
     };
