@@ -9,7 +9,7 @@ import { BlipDiffusionPipeline } from "../pipeline/pipeline.js";
 import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
 import { UsageError, asUsage, asUsageAsync } from "./errors.js";
 import { Progress } from "./progress.js";
-import { ENV_HELP, collect, defaultModelDir } from "./shared.js";
+import { ENV_HELP, addModelOptions, collect, defaultModelDir } from "./shared.js";
 import { accessSync, constants, existsSync } from "node:fs";
 
 interface EncodeFlags {
@@ -26,16 +26,12 @@ interface EncodeFlags {
 }
 
 export function encodeCommand(): Command {
-  return new Command("encode")
+  return addModelOptions(new Command("encode"))
     .description("save the subject embeddings of one or more pictures (several are averaged)")
     .requiredOption("--subject-image <file|->", "picture of the subject; repeat to average several", collect)
     .requiredOption("--subject <text>", "category word of the subject, e.g. dog")
     .requiredOption("-o, --output <file.safetensors>", "where to write the embeddings")
-    .option("--model <dir>", "exported model folder (blipdiff convert) (default: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion)")
-    .option("--device <device>", "auto, cpu, cuda or cuda:N (env BLIPDIFF_DEVICE)", process.env.BLIPDIFF_DEVICE ?? DEFAULTS.device)
-    .option("--dtype <dtype>", "auto, float32, float16 or bfloat16 (env BLIPDIFF_DTYPE)", process.env.BLIPDIFF_DTYPE ?? DEFAULTS.dtype)
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
-    .option("--no-verify-checksums", "skip the sha256 check of the module files")
     .option("--json", "print a JSON document instead of the path")
     .option("-q, --quiet", "no progress on stderr")
     .addHelpText("after", ENV_HELP)

@@ -9,7 +9,7 @@ import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
 import { UsageError, asUsage, asUsageAsync } from "./errors.js";
 import { planOutput, writeImages } from "./output.js";
 import { Progress } from "./progress.js";
-import { ENV_HELP, collect, defaultModelDir, parseFloatArg, parseIntArg } from "./shared.js";
+import { ENV_HELP, addModelOptions, collect, defaultModelDir, parseFloatArg, parseIntArg } from "./shared.js";
 
 interface GenerateFlags {
   model?: string;
@@ -40,10 +40,9 @@ interface GenerateFlags {
 }
 
 export function generateCommand(signal: AbortSignal): Command {
-  return new Command("generate")
+  return addModelOptions(new Command("generate"))
     .description("generate images of a subject from a picture of it, its category word and a prompt")
     .requiredOption("-o, --output <file|dir|->", "output file (.png/.jpg/.webp), folder (seed-named PNGs) or - for PNG on stdout")
-    .option("--model <dir>", "exported model folder (blipdiff convert) (default: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion)")
     .option("--subject-image <file|->", "picture of the subject (- reads stdin); repeat to average several", collect)
     .option("--subject <text>", "category word of the subject in the picture, e.g. dog")
     .option("--target-subject <text>", "category word in the output (default: --subject)")
@@ -59,11 +58,8 @@ export function generateCommand(signal: AbortSignal): Command {
     .option("--prompt-reps <n>", "prompt repetitions (int(strength * reps) copies)", parseIntArg, DEFAULTS.promptReps)
     .addOption(new Option("--scheduler <name>", "scheduler").choices(SCHEDULERS).default(DEFAULTS.scheduler))
     .option("-n, --n <count>", "number of images", parseIntArg, DEFAULTS.n)
-    .option("--device <device>", "auto, cpu, cuda or cuda:N (env BLIPDIFF_DEVICE)", process.env.BLIPDIFF_DEVICE ?? DEFAULTS.device)
-    .option("--dtype <dtype>", "auto, float32, float16 or bfloat16 (env BLIPDIFF_DTYPE)", process.env.BLIPDIFF_DTYPE ?? DEFAULTS.dtype)
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
     .option("--control-image <file>", "ControlNet condition picture (model exported --with-controlnet)")
-    .option("--no-verify-checksums", "skip the sha256 check of the module files")
     .option("--optimize", "freeze and optimize the modules at load (torch::jit::optimize_for_inference; slower load, see docs/benchmarks.md)")
     .option("--json", "print one JSON document (outputs, seeds, parameters, timings) on stdout")
     .option("-q, --quiet", "no progress on stderr")

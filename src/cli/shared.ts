@@ -1,7 +1,8 @@
 // Helpers shared by the commands: option parsers, the default model folder, environment defaults.
-import { InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
 import os from "node:os";
 import path from "node:path";
+import { DEFAULTS } from "../pipeline/options.js";
 
 /** The model folder used when --model is not given: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion. */
 export function defaultModelDir(): string {
@@ -33,4 +34,13 @@ export function parseFloatArg(value: string): number {
 
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
+}
+
+/** The options of every command that loads a model: --model, --device, --dtype, --no-verify-checksums. */
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .option("--model <dir>", "exported model folder (blipdiff convert) (default: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion)")
+    .option("--device <device>", "auto, cpu, cuda or cuda:N (env BLIPDIFF_DEVICE)", process.env.BLIPDIFF_DEVICE ?? DEFAULTS.device)
+    .option("--dtype <dtype>", "auto, float32, float16 or bfloat16 (env BLIPDIFF_DTYPE)", process.env.BLIPDIFF_DTYPE ?? DEFAULTS.dtype)
+    .option("--no-verify-checksums", "skip the sha256 check of the module files");
 }

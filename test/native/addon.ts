@@ -29,7 +29,8 @@ export function ids(f: Fixture, name: string): Int32Array {
   return Int32Array.from(t.data, (v) => Number(v));
 }
 
-/** NativeModelSpec of an exported model folder (what src/ builds from manifest.json). */
+/** NativeModelSpec of an exported model folder, as src/ builds it from manifest.json but without src's file
+ * checks (readManifest), so these tests reach the native backstops (missing module files, checksums). */
 export function specOf(dir: string): NativeModelSpec {
   const m = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8").replace(/-Infinity/g, "null"));
   const modules: Record<string, { path: string; sha256: string }> = {};
