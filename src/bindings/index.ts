@@ -25,6 +25,11 @@ export function addonPath(): string {
   return override ? path.resolve(override) : path.join(packageRoot, "native", "build", "Release", "blipdiff.node");
 }
 
+/** The addon if this process has loaded it already (never loads it). */
+export function loadedAddon(): NativeAddon | undefined {
+  return cached;
+}
+
 /** Loads (once) and returns the native addon; one clear error when it is missing. */
 export function loadAddon(): NativeAddon {
   if (cached) return cached;

@@ -145,4 +145,6 @@ export interface NativeAddon {
   Scheduler: new (kind: NativeSchedulerKind, config: Record<string, unknown>) => NativeScheduler;
   buildInfo(): NativeBuildInfo;
   memoryStats(): NativeMemoryStats;
+  /** Ends the process at once with `code` (_exit: no thread joins, no exit handlers). */
+  exitNow?(code: number): never;
 }

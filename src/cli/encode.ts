@@ -1,16 +1,19 @@
 // blipdiff encode: subject embeddings of one or more pictures, saved for `generate --subject-embedding`.
 import { Command, Option } from "commander";
 import path from "node:path";
-import { decodeRgb } from "../image/decode.js";
-import { saveSubjectEmbedding } from "../pipeline/embedding.js";
+import { loadAddon } from "../bindings/index.js";
+import { AbortError } from "../errors.js";
+import { decodeRgb, readSource, type NamedBytes } from "../image/decode.js";
+import { serializeSubjectEmbedding } from "../pipeline/embedding.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { DEFAULTS, parseDType, parseDevice } from "../pipeline/options.js";
-import { BlipDiffusionPipeline } from "../pipeline/pipeline.js";
+import { BlipDiffusionPipeline, resolveDevice } from "../pipeline/pipeline.js";
+import { checkSubjectText } from "../pipeline/preflight.js";
 import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
 import { UsageError, asUsage, asUsageAsync } from "./errors.js";
+import { checkOutputFile, writeOutputFile } from "./output.js";
 import { Progress } from "./progress.js";
 import { ENV_HELP, addModelOptions, collect, defaultModelDir } from "./shared.js";
-import { accessSync, constants, existsSync } from "node:fs";
 
 interface EncodeFlags {
   model?: string;
@@ -23,9 +26,10 @@ interface EncodeFlags {
   verifyChecksums: boolean;
   json?: boolean;
   quiet?: boolean;
+  force?: boolean;
 }
 
-export function encodeCommand(): Command {
+export function encodeCommand(signal: AbortSignal): Command {
   return addModelOptions(new Command("encode"))
     .description("save the subject embeddings of one or more pictures (several are averaged)")
     .requiredOption("--subject-image <file|->", "picture of the subject; repeat to average several", collect)
@@ -33,37 +37,58 @@ export function encodeCommand(): Command {
     .requiredOption("-o, --output <file.safetensors>", "where to write the embeddings")
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
     .option("--json", "print a JSON document instead of the path")
-    .option("-q, --quiet", "no progress on stderr")
+    .option("-f, --force", "overwrite an existing output file (default: refuse, and change nothing)")
+    .option("-q, --quiet", "no progress or warnings on stderr (errors still go there)")
     .addHelpText("after", ENV_HELP)
-    .action(async (f: EncodeFlags) => {
-      const progress = new Progress(f.quiet === true);
-      if (f.subjectImage.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
-      if (!f.output.toLowerCase().endsWith(".safetensors")) throw new UsageError(`Expected a .safetensors file for --output but received ${JSON.stringify(f.output)}`);
-      const device = asUsage(() => parseDevice(f.device));
-      const dtype = asUsage(() => parseDType(f.dtype));
-      const crop = asUsage(() => parseSubjectCrop(f.subjectCrop));
-      const out = path.resolve(f.output);
-      if (!existsSync(path.dirname(out))) throw new Error(`cannot write ${out}: the folder ${path.dirname(out)} does not exist`);
-      try {
-        accessSync(path.dirname(out), constants.W_OK);
-      } catch {
-        throw new Error(`cannot write ${out}: permission denied`);
-      }
-      const modelDir = f.model ?? defaultModelDir();
-      readManifest(modelDir);
-      for (const src of f.subjectImage) await decodeRgb(src, { label: "subject image" });
-      progress.phase("loading the model");
-      const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums, subjectOnly: true }));
-      try {
-        progress.phase("encoding the subject");
-        const emb = await pipe.encodeSubject({ images: f.subjectImage, subject: f.subject, crop });
-        saveSubjectEmbedding(out, emb);
-        progress.succeed(`subject embeddings of ${emb.sourceImages.length} picture(s) saved`);
-        if (f.json) process.stdout.write(`${JSON.stringify({ output: out, subject: emb.subject, sourceImages: emb.sourceImages, shape: emb.queryEmbeds.shape }, null, 2)}\n`);
-        else process.stdout.write(`${out}\n`);
-      } finally {
-        progress.stop();
-        await pipe.dispose();
-      }
-    });
+    .action(async (f: EncodeFlags) => runEncode(f, signal));
+}
+
+async function runEncode(f: EncodeFlags, signal: AbortSignal): Promise<void> {
+  const progress = new Progress(f.quiet === true);
+  if (f.subjectImage.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
+  if (f.subjectImage.includes("-") && process.stdin.isTTY)
+    throw new UsageError("--subject-image - reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path");
+  if (f.output === "-") throw new UsageError("encode writes a file: give --output a path ending in .safetensors");
+  if (!f.output.toLowerCase().endsWith(".safetensors"))
+    throw new UsageError(`Expected a .safetensors file for --output but received ${JSON.stringify(f.output)}`);
+  const device = asUsage(() => parseDevice(f.device));
+  const dtype = asUsage(() => parseDType(f.dtype));
+  const crop = asUsage(() => parseSubjectCrop(f.subjectCrop));
+  if (f.subject.trim() === "") throw new UsageError("--subject must not be empty (the category word, e.g. dog)");
+  const out = path.resolve(f.output);
+  checkOutputFile(out, f.force === true);
+  const manifest = readManifest(f.model ?? defaultModelDir());
+  asUsage(() => checkSubjectText(manifest, f.subject));
+  const pictures: NamedBytes[] = [];
+  for (const src of f.subjectImage) {
+    const bytes = await readSource(src, "subject image");
+    await decodeRgb(bytes, { label: "subject image" });
+    pictures.push(bytes);
+  }
+  asUsage(() => resolveDevice(loadAddon(), device, dtype));
+  if (signal.aborted) throw new AbortError();
+
+  progress.phase("loading the model");
+  const pipe = await asUsageAsync(() =>
+    BlipDiffusionPipeline.load(manifest, {
+      device,
+      dtype,
+      verifyChecksums: f.verifyChecksums,
+      subjectOnly: true,
+      signal,
+      onWarning: (w) => progress.warn(w),
+    }),
+  );
+  try {
+    progress.phase("encoding the subject");
+    const emb = await pipe.encodeSubject({ images: pictures, subject: f.subject, crop, signal });
+    if (signal.aborted) throw new AbortError();
+    writeOutputFile(out, serializeSubjectEmbedding(emb), f.force === true);
+    progress.succeed(`subject embeddings of ${emb.sourceImages.length} picture(s) saved`);
+    if (f.json) process.stdout.write(`${JSON.stringify({ output: out, subject: emb.subject, sourceImages: emb.sourceImages, shape: emb.queryEmbeds.shape }, null, 2)}\n`);
+    else process.stdout.write(`${out}\n`);
+  } finally {
+    progress.stop();
+    await pipe.dispose();
+  }
 }

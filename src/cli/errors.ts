@@ -7,7 +7,7 @@ export class UsageError extends Error {
   override readonly name = "UsageError";
 }
 
-export const EXIT = { ok: 0, error: 1, usage: 2, aborted: 130 } as const;
+export const EXIT = { ok: 0, error: 1, usage: 2, aborted: 130, terminated: 143 } as const;
 
 /** Runs a validation step, turning its TypeError/RangeError into a usage error. */
 export function asUsage<T>(fn: () => T): T {

@@ -1,10 +1,13 @@
 // blipdiff generate: zero-shot subject-driven generation.
 import { Command, Option } from "commander";
-import { decodeRgb } from "../image/decode.js";
+import { loadAddon } from "../bindings/index.js";
+import { AbortError } from "../errors.js";
+import { decodeRgb, readSource, type NamedBytes } from "../image/decode.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { loadSubjectEmbedding } from "../pipeline/embedding.js";
-import { DEFAULTS, SCHEDULERS, parseDType, parseDevice, resolvePrompt, resolveSampling } from "../pipeline/options.js";
-import { BlipDiffusionPipeline } from "../pipeline/pipeline.js";
+import { DEFAULTS, SCHEDULERS, parseDType, parseDevice, parseScheduler } from "../pipeline/options.js";
+import { BlipDiffusionPipeline, resolveDevice } from "../pipeline/pipeline.js";
+import { preflightGenerate } from "../pipeline/preflight.js";
 import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
 import { UsageError, asUsage, asUsageAsync } from "./errors.js";
 import { planOutput, writeImages } from "./output.js";
@@ -36,6 +39,7 @@ interface GenerateFlags {
   optimize?: boolean;
   json?: boolean;
   quiet?: boolean;
+  force?: boolean;
   output: string;
 }
 
@@ -56,13 +60,14 @@ export function generateCommand(signal: AbortSignal): Command {
     .option("--height <px>", "image height, a multiple of the model's latent scale", parseIntArg, DEFAULTS.height)
     .option("--prompt-strength <s>", "prompt repetition strength", parseFloatArg, DEFAULTS.promptStrength)
     .option("--prompt-reps <n>", "prompt repetitions (int(strength * reps) copies)", parseIntArg, DEFAULTS.promptReps)
-    .addOption(new Option("--scheduler <name>", "scheduler").choices(SCHEDULERS).default(DEFAULTS.scheduler))
+    .option("--scheduler <name>", `${SCHEDULERS.join(", ")} (case-insensitive; plms = pndm)`, DEFAULTS.scheduler)
     .option("-n, --n <count>", "number of images", parseIntArg, DEFAULTS.n)
     .addOption(new Option("--subject-crop <mode>", "squash (reference) or center (LAVIS)").choices(SUBJECT_CROPS).default(DEFAULTS.subjectCrop))
     .option("--control-image <file>", "ControlNet condition picture (model exported --with-controlnet)")
     .option("--optimize", "freeze and optimize the modules at load (torch::jit::optimize_for_inference; slower load, see docs/benchmarks.md)")
     .option("--json", "print one JSON document (outputs, seeds, parameters, timings) on stdout")
-    .option("-q, --quiet", "no progress on stderr")
+    .option("-f, --force", "overwrite existing output files (default: refuse, and change nothing)")
+    .option("-q, --quiet", "no progress or warnings on stderr (errors still go there)")
     .addHelpText("after", ENV_HELP)
     .action(async (flags: GenerateFlags) => runGenerate(flags, signal));
 }
@@ -74,37 +79,69 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
   if (images.length === 0 && !f.subjectEmbedding) throw new UsageError("missing --subject-image (or --subject-embedding)");
   if (images.length > 0 && !f.subject) throw new UsageError("--subject is required with --subject-image (the category word, e.g. dog)");
   if (images.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
+  if (images.includes("-") && process.stdin.isTTY)
+    throw new UsageError("--subject-image - reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path");
   const device = asUsage(() => parseDevice(f.device));
   const dtype = asUsage(() => parseDType(f.dtype));
   const subjectCrop = asUsage(() => parseSubjectCrop(f.subjectCrop));
+  const scheduler = asUsage(() => parseScheduler(f.scheduler));
 
+  // Everything that can be checked without the modules is checked before the (slow) load.
   const modelDir = f.model ?? defaultModelDir();
   const manifest = readManifest(modelDir);
-  const sampling = asUsage(() => resolveSampling({ ...f, scheduler: f.scheduler as never }, manifest.spec.latentScale, manifest.spec.scheduler));
   const embedding = f.subjectEmbedding ? loadSubjectEmbedding(f.subjectEmbedding) : undefined;
-  const subject = f.subject ?? embedding?.subject ?? "";
-  asUsage(() => resolvePrompt(f, subject));
-  const plan = planOutput(f.output, sampling.n, f.json === true);
-  // Check the pictures before the (slow) model load, so bad input fails fast.
-  for (const src of images) await decodeRgb(src, { label: "subject image" });
-  if (f.controlImage) await decodeRgb(f.controlImage, { label: "control image" });
+  const pre = asUsage(() =>
+    preflightGenerate(manifest, {
+      ...f,
+      scheduler,
+      subject: f.subject ?? embedding?.subject,
+      subjectEmbedding: embedding,
+      hasSubjectImage: images.length > 0,
+      hasControlImage: f.controlImage !== undefined,
+    }),
+  );
+  const sampling = pre.sampling;
+  const plan = planOutput(f.output, { n: sampling.n, seed: sampling.seed, json: f.json === true, force: f.force === true });
+  // Each picture is read once (stdin, a FIFO) and checked now; the pipeline decodes the same bytes.
+  const pictures: NamedBytes[] = [];
+  for (const src of images) {
+    const bytes = await readSource(src, "subject image");
+    await decodeRgb(bytes, { label: "subject image" });
+    pictures.push(bytes);
+  }
+  const control = f.controlImage ? await readSource(f.controlImage, "control image") : undefined;
+  if (control) await decodeRgb(control, { label: "control image" });
+  asUsage(() => resolveDevice(loadAddon(), device, dtype));
+  for (const w of pre.warnings) progress.warn(w);
+  if (signal.aborted) throw new AbortError();
 
   progress.phase("loading the model");
-  const pipe = await asUsageAsync(() => BlipDiffusionPipeline.load(modelDir, { device, dtype, verifyChecksums: f.verifyChecksums, optimize: f.optimize === true }));
+  const pipe = await asUsageAsync(() =>
+    BlipDiffusionPipeline.load(manifest, {
+      device,
+      dtype,
+      verifyChecksums: f.verifyChecksums,
+      optimize: f.optimize === true,
+      signal,
+      onWarning: (w) => progress.warn(w),
+    }),
+  );
   try {
-    progress.phase("encoding the subject");
+    progress.phase(pictures.length > 0 ? "encoding the subject" : "encoding the prompt");
     const res = await pipe.generate({
       ...f,
       ...sampling,
-      subject,
-      subjectImage: images.length > 0 ? images : undefined,
+      subject: pre.subject,
+      subjectImage: pictures.length > 0 ? pictures : undefined,
       subjectEmbedding: embedding,
       subjectCrop,
+      controlImage: control,
       signal,
       onProgress: (p) => progress.step(p, sampling.n),
     });
+    if (signal.aborted) throw new AbortError();
     for (const w of res.warnings) progress.warn(w);
-    const outputs = await writeImages(plan, res.images, res.parameters);
+    const outputs = await writeImages(plan, res.images, res.parameters, signal);
     progress.succeed(`${outputs.length} image(s), seed${res.seeds.length > 1 ? "s" : ""} ${res.seeds.join(", ")}`);
     if (f.json) {
       const doc = { outputs, seeds: res.seeds, parameters: res.parameters, timings: res.timings, warnings: res.warnings };

@@ -4,7 +4,7 @@ import chalk from "chalk";
 import { Command, CommanderError } from "commander";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { packageRoot } from "../bindings/index.js";
+import { loadedAddon, packageRoot } from "../bindings/index.js";
 import { messageOf } from "../errors.js";
 import { removePartialFiles } from "../image/encode.js";
 import { ChildExit, convertCommand } from "./convert.js";
@@ -28,7 +28,7 @@ export function buildProgram(signal: AbortSignal): Command {
     .version(version())
     .addHelpText("after", ENV_HELP);
   program.addCommand(generateCommand(signal));
-  program.addCommand(encodeCommand());
+  program.addCommand(encodeCommand(signal));
   program.addCommand(infoCommand());
   program.addCommand(convertCommand(signal));
   const configure = (cmd: Command): void => {
@@ -40,24 +40,47 @@ export function buildProgram(signal: AbortSignal): Command {
   return program;
 }
 
+/** How long the first Ctrl-C waits for the running step or load to stop before the process ends anyway. */
+const GRACE_MS = 5_000;
+
+/**
+ * Ends the process now with `code`, after removing partial files. process.exit() would join the thread pool, and a
+ * native step or model load running there would keep the process alive (for minutes at large sizes), deaf to
+ * further signals; the addon's exitNow() calls _exit() instead. Without the addon loaded no native work can be
+ * running, and process.exit is safe.
+ */
+function exitAtOnce(code: number): never {
+  removePartialFiles();
+  const addon = loadedAddon();
+  if (addon && typeof addon.exitNow === "function") addon.exitNow(code);
+  process.exit(code);
+}
+
 export async function main(argv: string[] = process.argv): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
-  const onSigint = (): void => {
+  let command = "";
+  const onSignal = (sig: NodeJS.Signals): void => {
     removePartialFiles();
-    if (interrupted) process.exit(EXIT.aborted);
+    const code = sig === "SIGTERM" ? EXIT.terminated : EXIT.aborted;
+    if (interrupted || sig === "SIGTERM") {
+      if (!interrupted) controller.abort();
+      exitAtOnce(code);
+    }
     interrupted = true;
-    process.stderr.write("\ninterrupted: stopping...\n");
     controller.abort();
-    // Phases that cannot be cancelled (model loading) must not keep the user waiting.
-    setTimeout(() => {
-      removePartialFiles();
-      process.exit(EXIT.aborted);
-    }, 10_000).unref();
+    if (command === "convert") return; // the exporter cleans up and prints its own single line
+    process.stderr.write(`\ninterrupted: stopping (press Ctrl-C again to quit at once)\n`);
+    setTimeout(() => exitAtOnce(EXIT.aborted), GRACE_MS).unref();
   };
-  process.on("SIGINT", onSigint);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   try {
-    await buildProgram(controller.signal).parseAsync(argv);
+    const program = buildProgram(controller.signal);
+    program.hook("preAction", (_root, action) => {
+      command = action.name();
+    });
+    await program.parseAsync(argv);
     return interrupted ? EXIT.aborted : EXIT.ok;
   } catch (err) {
     removePartialFiles();
@@ -66,13 +89,15 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     if (err instanceof CommanderError) return exitCodeFor(err); // commander already printed it
     const code = exitCodeFor(err);
     if (code !== EXIT.aborted) {
-      const text = messageOf(err).split("\n")[0];
+      // The whole message: native errors carry their root cause on later lines (indented by the addon).
+      const text = messageOf(err).trimEnd();
       process.stderr.write(`${process.stderr.isTTY && !process.env.CI ? chalk.red("error:") : "error:"} ${text}\n`);
       if (process.env.BLIPDIFF_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
     } else process.stderr.write("aborted\n");
     return code;
   } finally {
-    process.off("SIGINT", onSigint);
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
   }
 }
 

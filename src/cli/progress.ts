@@ -4,10 +4,16 @@ import chalk from "chalk";
 import ora, { type Ora } from "ora";
 import type { NativeProgress } from "../bindings/types.js";
 
+function isDebug(): boolean {
+  const v = process.env.BLIPDIFF_DEBUG;
+  return v !== undefined && v !== "" && v !== "0";
+}
+
 export class Progress {
   private spinner?: Ora;
   private readonly fancy: boolean;
   private lastLine = "";
+  private readonly warned = new Set<string>();
 
   constructor(private readonly quiet: boolean) {
     // A pty without a size (columns 0) sends ora into an endless redraw: plain lines there.
@@ -38,8 +44,14 @@ export class Progress {
     } else this.line(text);
   }
 
+  /**
+   * A warning on stderr: each distinct text once, none with --quiet; BLIPDIFF_DEBUG=1 shows every occurrence,
+   * even with --quiet (libtorch's own diagnostics arrive here too: see README, "stderr").
+   */
   warn(text: string): void {
-    if (this.quiet) return;
+    const debug = isDebug();
+    if (!debug && (this.quiet || this.warned.has(text))) return;
+    this.warned.add(text);
     this.stop();
     process.stderr.write(`${this.fancy ? chalk.yellow("warning:") : "warning:"} ${text}\n`);
   }

@@ -3,7 +3,7 @@
 // Parity notes: PIL's `Image.open` does not apply the EXIF orientation and the reference never calls
 // `ImageOps.exif_transpose`, so neither do we (a rotated phone photo reaches the model as stored). Alpha is
 // dropped, not composited; grey is replicated to three channels; palette images are expanded.
-import { readFileSync, statSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
 import sharp from "sharp";
 import { InputError, messageOf } from "../errors.js";
 import type { RawImage } from "./resample.js";
@@ -11,8 +11,14 @@ import type { RawImage } from "./resample.js";
 /** Default pixel limit for input pictures (sharp's own default, about 268 megapixels). */
 export const DEFAULT_MAX_INPUT_PIXELS = 0x3fff * 0x3fff;
 
-/** An input: a file path, "-" for stdin, or encoded bytes. */
-export type ImageSource = string | Uint8Array;
+/** Encoded bytes with the name to show in messages and metadata (e.g. a file already read once). */
+export interface NamedBytes {
+  name: string;
+  data: Uint8Array;
+}
+
+/** An input: a file path, "-" for stdin, encoded bytes, or named encoded bytes. */
+export type ImageSource = string | Uint8Array | NamedBytes;
 
 export interface DecodeOptions {
   /** Refuse pictures with more pixels than this. Defaults to {@link DEFAULT_MAX_INPUT_PIXELS}. */
@@ -21,49 +27,73 @@ export interface DecodeOptions {
   label?: string;
 }
 
-let stdinCache: Buffer | undefined;
+let stdinCache: Promise<Buffer> | undefined;
 
-/** Reads all of stdin once (several inputs named "-" share it). */
-function readStdin(): Buffer {
-  stdinCache ??= readFileSync(0);
+/** Reads all of stdin once, asynchronously (so SIGINT is handled while it waits); several "-" inputs share it. */
+function readStdin(label: string): Promise<Buffer> {
+  if (process.stdin.isTTY)
+    return Promise.reject(
+      new InputError(`${label}: "-" reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path`),
+    );
+  stdinCache ??= (async () => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  })();
   return stdinCache;
 }
 
-function sourceName(src: ImageSource): string {
-  return typeof src === "string" ? (src === "-" ? "<stdin>" : src) : "<buffer>";
+function isNamedBytes(src: unknown): src is NamedBytes {
+  return typeof src === "object" && src !== null && !(src instanceof Uint8Array) && (src as NamedBytes).data instanceof Uint8Array;
 }
 
-/** Loads the bytes of a source, with one-line errors for missing, unreadable and empty files. */
-export function readSource(src: ImageSource, label = "image"): Uint8Array {
+/** The name of a source in messages and metadata. */
+export function sourceName(src: ImageSource): string {
+  if (typeof src === "string") return src === "-" ? "<stdin>" : src;
+  return isNamedBytes(src) ? src.name : "<buffer>";
+}
+
+/**
+ * Loads the bytes of a source, with one-line errors for missing, unreadable and empty files. Reads asynchronously
+ * (a FIFO or a slow pipe does not block the event loop) and returns named bytes that can be decoded again
+ * without reading the source twice.
+ */
+export async function readSource(src: ImageSource, label = "image"): Promise<NamedBytes> {
+  if (isNamedBytes(src)) {
+    if (src.data.length === 0) throw new InputError(`${label}: ${src.name} is empty (0 bytes)`);
+    return src;
+  }
   if (typeof src !== "string") {
     if (!(src instanceof Uint8Array)) throw new TypeError(`Expected a path or a Uint8Array for ${label} but received ${typeof src}`);
     if (src.length === 0) throw new InputError(`${label}: the data is empty (0 bytes)`);
-    return src;
+    return { name: "<buffer>", data: src };
   }
   if (src === "-") {
-    const data = readStdin();
+    const data = await readStdin(label);
     if (data.length === 0) throw new InputError(`${label}: nothing was read from stdin`);
-    return data;
+    return { name: "<stdin>", data };
   }
-  let size: number;
   try {
-    const st = statSync(src);
+    const st = await stat(src);
     if (st.isDirectory()) throw new InputError(`${label}: ${src} is a folder, not an image file`);
-    size = st.size;
+    // A FIFO or a character device (process substitution, /dev/stdin) reports size 0 but has data.
+    if (st.isFile() && st.size === 0) throw new InputError(`${label}: ${src} is empty (0 bytes)`);
   } catch (err) {
     if (err instanceof InputError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") throw new InputError(`${label}: file not found: ${src}`);
     throw new InputError(`${label}: cannot read ${src}: ${messageOf(err)}`);
   }
-  if (size === 0) throw new InputError(`${label}: ${src} is empty (0 bytes)`);
+  let data: Buffer;
   try {
-    return readFileSync(src);
+    data = await readFile(src);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EACCES" || code === "EPERM") throw new InputError(`${label}: permission denied reading ${src}`);
     throw new InputError(`${label}: cannot read ${src}: ${messageOf(err)}`);
   }
+  if (data.length === 0) throw new InputError(`${label}: ${src} is empty (0 bytes)`);
+  return { name: src, data };
 }
 
 function rewriteSharpError(err: unknown, label: string, name: string, maxPixels: number): InputError {
@@ -79,8 +109,7 @@ function rewriteSharpError(err: unknown, label: string, name: string, maxPixels:
 export async function decodeRgb(src: ImageSource, options: DecodeOptions = {}): Promise<RawImage> {
   const label = options.label ?? "image";
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_INPUT_PIXELS;
-  const bytes = readSource(src, label);
-  const name = sourceName(src);
+  const { name, data: bytes } = await readSource(src, label);
   let data: Buffer;
   let info: sharp.OutputInfo;
   try {

@@ -2,7 +2,7 @@
 // (PNG tEXt; EXIF ImageDescription for JPEG/WebP), written to a temporary name in the same folder and
 // renamed into place so that no partial file is ever visible under the final name.
 import { randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, linkSync, openSync, renameSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import path from "node:path";
 import sharp from "sharp";
 import type { NativeImage } from "../bindings/types.js";
@@ -44,7 +44,7 @@ export async function encodeImage(img: NativeImage, format: ImageFormat, meta?: 
 const pending = new Set<string>();
 
 /** Writes `data` to `file` atomically: a temporary sibling, fsync, then rename. */
-export function writeFileAtomic(file: string, data: Uint8Array): void {
+export function writeFileAtomic(file: string, data: Uint8Array, options: { overwrite?: boolean } = {}): void {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
   pending.add(tmp);
   try {
@@ -55,7 +55,12 @@ export function writeFileAtomic(file: string, data: Uint8Array): void {
     } finally {
       closeSync(fd);
     }
-    renameSync(tmp, file);
+    if (options.overwrite ?? true) renameSync(tmp, file);
+    else {
+      // link() fails with EEXIST instead of replacing: no-clobber without a check-then-write race.
+      linkSync(tmp, file);
+      unlinkSync(tmp);
+    }
   } catch (err) {
     rmSync(tmp, { force: true });
     throw err;

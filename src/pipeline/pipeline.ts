@@ -11,16 +11,14 @@ import type {
   NativeTensor,
   NativeTimings,
 } from "../bindings/types.js";
-import { AbortError, InputError, ModelError, invalid, messageOf } from "../errors.js";
-import { decodeRgb, type ImageSource } from "../image/decode.js";
+import { AbortError, ModelError, invalid, messageOf } from "../errors.js";
+import { decodeRgb, sourceName, type ImageSource } from "../image/decode.js";
 import type { SubjectEmbedding } from "./embedding.js";
 import { readManifest, verifyTokenizerChecksums, type ModelManifest } from "./manifest.js";
 import {
   DEFAULTS,
   parseDType,
   parseDevice,
-  resolvePrompt,
-  resolveSampling,
   type DTypeOption,
   type DeviceOption,
   type PromptOptions,
@@ -28,9 +26,10 @@ import {
   type ResolvedSampling,
   type SamplingOptions,
 } from "./options.js";
+import { checkEmbeddingFor, checkSubjectText, preflightGenerate, tokenizersFor } from "./preflight.js";
 import { parseSubjectCrop, preprocessCondition, preprocessSubject, stackBatch, type SubjectCrop } from "./preprocess.js";
 import { buildPrompt } from "./prompt.js";
-import { ClipTokenizer, WordPieceTokenizer, tokenizePrompts } from "./tokenize.js";
+import { tokenizePrompts } from "./tokenize.js";
 
 export interface LoadOptions {
   /** "auto" (CUDA when the addon sees a GPU, else CPU), "cpu", "cuda" or "cuda:N". Defaults to `"auto"`. */
@@ -48,6 +47,14 @@ export interface LoadOptions {
   /** Load only the subject encoder (the Q-Former): for {@link BlipDiffusionPipeline.encodeSubject} alone, with a third
    * of the memory; generate() then rejects. Defaults to `false`. */
   subjectOnly?: boolean;
+  /** Cancels the load (between checksum chunks and between modules); the promise then rejects with an AbortError. */
+  signal?: AbortSignal;
+  /**
+   * Receives libtorch's own diagnostics (c10 warnings), which blipdiff never writes to the host's stderr, from the
+   * load and from every later call on the pipeline. Without it they are dropped (BLIPDIFF_DEBUG=1 lets libtorch
+   * print them itself). {@link GenerateResult.warnings} carries them too, for generate().
+   */
+  onWarning?: (message: string) => void;
 }
 
 export interface EncodeSubjectOptions {
@@ -132,12 +139,30 @@ function asArray<T>(v: T | T[]): T[] {
   return Array.isArray(v) ? v : [v];
 }
 
+/** Drains the warnings libtorch raised during the native call that just ended (c10 handler in native/core). */
+function takeNativeWarnings(native: NativePipeline): string[] {
+  const take = (native as { takeWarnings?: () => string[] }).takeWarnings;
+  return typeof take === "function" ? take.call(native) : [];
+}
+
+/** Runs a native call with `signal` wired to the pipeline's abort(); an abort rejects with an AbortError. */
+async function abortable<T>(native: NativePipeline, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+  if (signal?.aborted) throw new AbortError();
+  const abort = (): void => native.abort();
+  signal?.addEventListener("abort", abort, { once: true });
+  try {
+    return await fn();
+  } catch (err) {
+    if (isAbort(err) || signal?.aborted) throw new AbortError();
+    throw err;
+  } finally {
+    signal?.removeEventListener("abort", abort);
+  }
+}
+
 export class BlipDiffusionPipeline {
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
-  private readonly clip: ClipTokenizer;
-  private readonly wordpiece: WordPieceTokenizer;
-
   private constructor(
     private readonly native: NativePipeline,
     /** The parsed manifest.json of the model folder. */
@@ -145,32 +170,49 @@ export class BlipDiffusionPipeline {
     /** The device the modules run on ("cpu", "cuda:0", ...). */
     readonly device: string,
     readonly dtype: NativeDType,
-  ) {
-    const t = manifest.tokenizers;
-    this.clip = new ClipTokenizer(t.clip.file, t.clip);
-    this.wordpiece = new WordPieceTokenizer(t.qformer.file, t.qformer);
-  }
+    private readonly onWarning?: (message: string) => void,
+  ) {}
 
-  /** Reads and checks `<modelDir>/manifest.json`, then loads the modules onto the device. */
-  static async load(modelDir: string, options: LoadOptions = {}): Promise<BlipDiffusionPipeline> {
+  /**
+   * Reads and checks `<modelDir>/manifest.json` (or takes a manifest already read with {@link readManifest}),
+   * then loads the modules onto the device.
+   */
+  static async load(model: string | ModelManifest, options: LoadOptions = {}): Promise<BlipDiffusionPipeline> {
     const caller = new Error();
-    const manifest = readManifest(modelDir);
+    const manifest = typeof model === "string" ? readManifest(model) : model;
     if (options.verifyChecksums ?? true) verifyTokenizerChecksums(manifest);
+    tokenizersFor(manifest);
     const addon = loadAddon();
     const { device, dtype } = resolveDevice(addon, options.device ?? DEFAULTS.device, options.dtype ?? DEFAULTS.dtype);
     const native = new addon.Pipeline();
+    const report = (): void => {
+      for (const w of takeNativeWarnings(native)) options.onWarning?.(w);
+    };
     try {
-      await native.load(manifest.spec, {
-        device,
-        dtype,
-        verifyChecksums: options.verifyChecksums ?? true,
-        optimize: options.optimize ?? false,
-        subjectOnly: options.subjectOnly ?? false,
-      });
+      await abortable(native, options.signal, () =>
+        native.load(manifest.spec, {
+          device,
+          dtype,
+          verifyChecksums: options.verifyChecksums ?? true,
+          optimize: options.optimize ?? false,
+          subjectOnly: options.subjectOnly ?? false,
+        }),
+      );
     } catch (err) {
+      report();
+      await native.dispose().catch(() => undefined);
+      if (err instanceof AbortError) throw withCallerStack(err, caller);
       throw withCallerStack(new ModelError(`cannot load the model in ${manifest.dir}: ${messageOf(err)}`), caller);
     }
-    return new BlipDiffusionPipeline(native, manifest, native.device || device, dtype);
+    report();
+    return new BlipDiffusionPipeline(native, manifest, native.device || device, dtype, options.onWarning);
+  }
+
+  /** Hands the native warnings of the last call to onWarning (and returns them). */
+  private nativeWarnings(): string[] {
+    const ws = takeNativeWarnings(this.native);
+    for (const w of ws) this.onWarning?.(w);
+    return ws;
   }
 
   private serialize<T>(fn: () => Promise<T>): Promise<T> {
@@ -192,6 +234,8 @@ export class BlipDiffusionPipeline {
         return await this.encodeSubjectNow(options);
       } catch (err) {
         throw withCallerStack(err, caller);
+      } finally {
+        this.nativeWarnings();
       }
     });
   }
@@ -201,15 +245,17 @@ export class BlipDiffusionPipeline {
     const images = asArray(o.images);
     if (images.length === 0) throw invalid("at least one image", "images", images);
     const crop = parseSubjectCrop(o.crop ?? DEFAULTS.subjectCrop);
+    checkSubjectText(this.manifest, o.subject);
     const cfg = { size: this.manifest.imageSize, mean: this.manifest.imageMean, std: this.manifest.imageStd, crop };
     const pixels: NativeTensor[] = [];
     for (const src of images) {
+      if (o.signal?.aborted) throw new AbortError();
       const img = await decodeRgb(src, { maxPixels: o.maxPixels, label: "subject image" });
+      if (o.signal?.aborted) throw new AbortError();
       pixels.push(preprocessSubject(img, cfg).pixels);
     }
-    if (o.signal?.aborted) throw new AbortError();
-    const batch = this.wordpiece.encodeBatch(images.map(() => o.subject));
-    const out = await this.native.encodeSubject(stackBatch(pixels), batch.ids, batch.mask, batch.shape);
+    const batch = tokenizersFor(this.manifest).wordpiece.encodeBatch(images.map(() => o.subject));
+    const out = await abortable(this.native, o.signal, () => this.native.encodeSubject(stackBatch(pixels), batch.ids, batch.mask, batch.shape));
     const [b, q, d] = out.shape;
     const mean = new Float32Array(q * d);
     for (let i = 0; i < b; i++) for (let j = 0; j < q * d; j++) mean[j] += out.data[i * q * d + j];
@@ -218,7 +264,10 @@ export class BlipDiffusionPipeline {
     return {
       queryEmbeds: { data: mean, shape: [1, q, d] },
       subject: o.subject,
-      sourceImages: images.map((s) => (typeof s === "string" ? (s === "-" ? "<stdin>" : path.basename(s)) : "<buffer>")),
+      sourceImages: images.map((s) => {
+        const name = sourceName(s);
+        return name.startsWith("<") ? name : path.basename(name);
+      }),
       model: {
         checkpoint: typeof this.manifest.source.checkpoint === "string" ? this.manifest.source.checkpoint : undefined,
         qformerSha256: this.manifest.spec.modules.qformer.sha256,
@@ -240,11 +289,7 @@ export class BlipDiffusionPipeline {
   }
 
   private checkEmbedding(e: SubjectEmbedding, warnings: string[]): void {
-    const [one, q, d] = e.queryEmbeds.shape;
-    if (one !== 1 || q !== this.manifest.spec.numQueryTokens || d !== this.manifest.crossAttentionDim)
-      throw new InputError(
-        `the subject embedding has shape [${e.queryEmbeds.shape.join(", ")}], this model needs [1, ${this.manifest.spec.numQueryTokens}, ${this.manifest.crossAttentionDim}]`,
-      );
+    checkEmbeddingFor(this.manifest, e);
     const sha = e.model.qformerSha256;
     if (sha && sha !== this.manifest.spec.modules.qformer.sha256)
       warnings.push("the subject embedding was made with a different Q-Former than this model's");
@@ -253,17 +298,14 @@ export class BlipDiffusionPipeline {
   private async generateNow(o: GenerateOptions): Promise<GenerateResult> {
     const t0 = performance.now();
     const m = this.manifest;
-    const sampling = resolveSampling(o, m.spec.latentScale, m.spec.scheduler);
+    const { sampling, prompt, subject, warnings } = preflightGenerate(m, {
+      ...o,
+      hasSubjectImage: o.subjectImage !== undefined,
+      hasControlImage: o.controlImage !== undefined,
+    });
     const crop = parseSubjectCrop(o.subjectCrop ?? DEFAULTS.subjectCrop);
     const conditioningScale = o.conditioningScale ?? DEFAULTS.conditioningScale;
     if (!Number.isFinite(conditioningScale)) throw invalid("a finite number", "conditioningScale", conditioningScale);
-    if (o.subjectEmbedding && o.subjectImage !== undefined) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
-    const subject = o.subject ?? o.subjectEmbedding?.subject;
-    if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
-    const prompt = resolvePrompt(o, subject);
-    if (o.controlImage !== undefined && !m.hasControlnet)
-      throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);
-    const warnings: string[] = [];
     const controlImage =
       o.controlImage === undefined
         ? undefined
@@ -279,7 +321,7 @@ export class BlipDiffusionPipeline {
     if (o.signal?.aborted) throw new AbortError();
 
     const built = buildPrompt(prompt.prompt, prompt.targetSubject, prompt.promptStrength, prompt.promptReps);
-    const ids = tokenizePrompts(this.clip, built, prompt.negativePrompt, m.spec.textMaxLength, m.spec.numQueryTokens);
+    const ids = tokenizePrompts(tokenizersFor(m).clip, built, prompt.negativePrompt, m.spec.textMaxLength, m.spec.numQueryTokens);
     warnings.push(...ids.warnings);
 
     const onProgress = o.onProgress;
@@ -292,11 +334,9 @@ export class BlipDiffusionPipeline {
           }
         }
       : undefined;
-    const abort = (): void => this.native.abort();
-    o.signal?.addEventListener("abort", abort, { once: true });
     let res: NativeGenerateResult;
     try {
-      res = await this.native.generate(
+      res = await abortable(this.native, o.signal, () => this.native.generate(
         {
           condIds: ids.condIds,
           uncondIds: ids.uncondIds,
@@ -313,10 +353,11 @@ export class BlipDiffusionPipeline {
           ...(o.recordSteps ? { recordSteps: true } : {}),
         },
         progress,
-      );
+      ));
     } finally {
-      o.signal?.removeEventListener("abort", abort);
+      warnings.push(...this.nativeWarnings());
     }
+    if (o.signal?.aborted) throw new AbortError();
     const parameters: GenerationParameters = {
       ...prompt,
       subject,

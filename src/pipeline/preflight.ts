@@ -1,0 +1,134 @@
+// Checks of a generation request against a model that need no native code: run before the model loads
+// (the CLI) and again at the start of every generate() (the library), so bad input fails fast and clearly.
+import { InputError, ModelError, invalid } from "../errors.js";
+import type { SubjectEmbedding } from "./embedding.js";
+import type { ModelManifest } from "./manifest.js";
+import { resolvePrompt, resolveSampling, type PromptOptions, type ResolvedPrompt, type ResolvedSampling, type SamplingOptions } from "./options.js";
+import { ClipTokenizer, WordPieceTokenizer } from "./tokenize.js";
+
+/**
+ * How far past its training size a model may be asked to go, in latent tokens: 4 x sample_size^2, i.e. twice
+ * the trained side (1024x1024 for Stable Diffusion 1.5, trained at 512x512 with 64x64 latents). The UNet's
+ * self-attention grows with the square of the token count, so this bounds time and memory, not just pixels.
+ */
+export const LATENT_TOKEN_FACTOR = 4;
+
+/** The tokenizers of a model, built once per manifest (the CLI checks prompts before loading, the pipeline reuses them). */
+export interface ModelTokenizers {
+  clip: ClipTokenizer;
+  wordpiece: WordPieceTokenizer;
+}
+
+const tokenizerCache = new WeakMap<ModelManifest, ModelTokenizers>();
+
+export function tokenizersFor(m: ModelManifest): ModelTokenizers {
+  let t = tokenizerCache.get(m);
+  if (!t) {
+    const spec = m.tokenizers;
+    t = { clip: new ClipTokenizer(spec.clip.file, spec.clip), wordpiece: new WordPieceTokenizer(spec.qformer.file, spec.qformer) };
+    tokenizerCache.set(m, t);
+  }
+  return t;
+}
+
+function rawConfig(m: ModelManifest): Record<string, unknown> {
+  const c = m.raw.config;
+  return typeof c === "object" && c !== null ? (c as Record<string, unknown>) : {};
+}
+
+/** The most latent tokens (H/f * W/f) this model accepts, or undefined when the manifest does not give its sample size. */
+export function maxLatentTokens(m: ModelManifest): number | undefined {
+  const s = rawConfig(m).unet_sample_size;
+  return typeof s === "number" && Number.isInteger(s) && s > 0 ? LATENT_TOKEN_FACTOR * s * s : undefined;
+}
+
+/** The longest Q-Former text (WordPiece ids with [CLS] and [SEP]); undefined for exports that predate the field. */
+export function qformerMaxTextLength(m: ModelManifest): number | undefined {
+  const v = (m as { qformerMaxTextLength?: unknown }).qformerMaxTextLength ?? rawConfig(m).qformer_max_text_length;
+  return typeof v === "number" && Number.isInteger(v) && v > 0 ? v : undefined;
+}
+
+/** resolveSampling plus the model's bound on latent tokens. */
+export function resolveSamplingFor(m: ModelManifest, o: SamplingOptions): ResolvedSampling {
+  const s = resolveSampling(o, m.spec.latentScale, m.spec.scheduler);
+  const max = maxLatentTokens(m);
+  const f = m.spec.latentScale;
+  const tokens = (s.width / f) * (s.height / f);
+  if (max !== undefined && tokens > max) {
+    const side = Math.sqrt(max) * f;
+    throw invalid(
+      `at most ${max} latent tokens for this model (width/${f} x height/${f}; e.g. ${side}x${side}) but ${s.width}x${s.height} is ${tokens}: use a smaller --width/--height`,
+      "size",
+      `${s.width}x${s.height}`,
+    );
+  }
+  return s;
+}
+
+/** Refuses a subject whose WordPiece ids do not fit the Q-Former's text positions (it would fail inside TorchScript). */
+export function checkSubjectText(m: ModelManifest, subject: string, name = "subject"): void {
+  const max = qformerMaxTextLength(m);
+  if (max === undefined) return;
+  const n = tokenizersFor(m).wordpiece.encode(subject).length;
+  if (n > max)
+    throw invalid(`a subject of at most ${max - 2} word pieces (the Q-Former's text limit)`, name, `text of ${n - 2} word pieces`);
+}
+
+/** Refuses an embedding of the wrong shape for this model, or with NaN/Inf values. */
+export function checkEmbeddingFor(m: ModelManifest, e: SubjectEmbedding, source = "the subject embedding"): void {
+  const shape = e.queryEmbeds.shape;
+  const q = m.spec.numQueryTokens;
+  const d = m.crossAttentionDim;
+  if (shape.length !== 3 || shape[0] !== 1 || shape[1] !== q || shape[2] !== d)
+    throw new InputError(
+      `${source} has shape [${shape.join(", ")}] but this model needs [1, ${q}, ${d}]: encode the subject with this model (blipdiff encode --model ${m.dir})`,
+    );
+  const data = e.queryEmbeds.data;
+  for (let i = 0; i < data.length; i++)
+    if (!Number.isFinite(data[i]))
+      throw new InputError(`${source} contains ${Number.isNaN(data[i]) ? "NaN" : "infinite"} values: encode the subject again (blipdiff encode)`);
+}
+
+/**
+ * A warning when one "a {target} {prompt}" does not fit the text window: the prompt is repeated to fill the window
+ * (the reference's prompt strength), so only a single copy that overflows loses words.
+ */
+export function promptWindowWarning(m: ModelManifest, prompt: ResolvedPrompt): string | undefined {
+  const window = m.spec.textMaxLength - m.spec.numQueryTokens - 2;
+  const one = `a ${prompt.targetSubject} ${prompt.prompt.trim()}`;
+  const n = tokenizersFor(m).clip.contentIds(one).length;
+  if (n <= window) return undefined;
+  return `the prompt "a ${prompt.targetSubject} ..." is ${n} tokens, only the first ${window} fit in the text window (${m.spec.textMaxLength} less ${m.spec.numQueryTokens} subject tokens and 2 markers); the rest was cut`;
+}
+
+export interface PreflightOptions extends PromptOptions, SamplingOptions {
+  subject?: string;
+  subjectEmbedding?: SubjectEmbedding;
+  hasSubjectImage: boolean;
+  hasControlImage: boolean;
+}
+
+export interface Preflight {
+  sampling: ResolvedSampling;
+  prompt: ResolvedPrompt;
+  subject: string;
+  warnings: string[];
+}
+
+/** Everything about a generation that can be checked without the modules. */
+export function preflightGenerate(m: ModelManifest, o: PreflightOptions): Preflight {
+  const sampling = resolveSamplingFor(m, o);
+  if (o.subjectEmbedding && o.hasSubjectImage) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
+  if (!o.subjectEmbedding && !o.hasSubjectImage) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
+  const subject = o.subject ?? o.subjectEmbedding?.subject;
+  if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
+  if (o.hasSubjectImage) checkSubjectText(m, subject);
+  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding);
+  const prompt = resolvePrompt(o, subject);
+  if (o.hasControlImage && !m.hasControlnet)
+    throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);
+  const warnings: string[] = [];
+  const cut = promptWindowWarning(m, prompt);
+  if (cut) warnings.push(cut);
+  return { sampling, prompt, subject, warnings };
+}
