@@ -133,8 +133,41 @@ for (const name of fixtureNames()) {
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);
       expectImageClose((await pixels(out)).data, fx.tensor("pipe.cfg.image_u8").data as Uint8Array);
-      const direct = path.join(tmp, `${name}-cfg.png`);
-      if (existsSync(direct)) expect((await pixels(out)).data.equals((await pixels(direct)).data)).toBe(true);
+      // Bit-identical to the same run from the picture (made here, not left by another test).
+      const direct = path.join(tmp, `${name}-cfg-direct.png`);
+      expect(runCli([...caseArgs(fx, "cfg"), "--quiet", "-o", direct]).code).toBe(0);
+      expect((await pixels(out)).data.equals((await pixels(direct)).data)).toBe(true);
+    });
+
+    it("--scheduler names are case-insensitive, as in the library (DDIM = ddim, PLMS = pndm)", async () => {
+      const run = async (sched: string): Promise<Buffer> => {
+        const args = caseArgs(fx, "nocfg");
+        args[args.indexOf("--steps") + 1] = "2";
+        const r = runCli([...args, "--scheduler", sched, "--quiet", "-o", "-"]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+        return (await pixels(r.stdout)).data;
+      };
+      expect((await run("DDIM")).equals(await run("ddim"))).toBe(true);
+      expect((await run("PLMS")).equals(await run("pndm"))).toBe(true);
+    });
+
+    it("warns (once, not with -q) when one copy of the prompt does not fit the text window; newlines stay out of the parameters text", async () => {
+      const args = caseArgs(fx, "nocfg");
+      const long = Array.from({ length: 80 }, (_, i) => `word${i}`).join(" ");
+      args[args.indexOf("--prompt") + 1] = `${long}\nsecond line`;
+      const r = runCli([...args, "-o", "-"]);
+      expect(r.code, r.stderr).toBe(0);
+      const warnings = lines(r.stderr).filter((l) => l.startsWith("warning:"));
+      expect(warnings).toEqual([expect.stringMatching(/the prompt "a .*" is \d+ tokens, only the first \d+ fit in the text window/)]);
+      const text = readPngText(r.stdout).parameters.split("\n");
+      expect(text[0]).toBe(`${long} second line`);
+      expect(text.slice(1).map((l) => l.split(":")[0])).toEqual(["Negative prompt", "Steps"]);
+      const q = runCli([...args, "-q", "-o", "-"]);
+      expect(q.code).toBe(0);
+      expect(q.stderr).toBe("");
+      const short = runCli([...caseArgs(fx, "nocfg"), "-o", "-"]);
+      expect(short.stderr).not.toMatch(/warning/);
     });
 
     it("--subject-image - reads the picture from stdin", async () => {
