@@ -79,8 +79,8 @@ export function loadSubjectEmbedding(file: string): SubjectEmbedding {
   const bad = (why: string): InputError => new InputError(`${file} is not a blipdiff subject embedding: ${why}; ${REDO}`);
   if (buf.length < 8) throw bad("too short");
   const n = buf.readBigUInt64LE(0);
-  if (n < 2n || n > BigInt(buf.length - 8))
-    throw bad(`the header length ${n} does not fit in the file (${buf.length} bytes)`);
+  if (n < 2n) throw bad(`the header length ${n} is too small for a JSON header`);
+  if (n > BigInt(buf.length - 8)) throw bad(`the header length ${n} does not fit in the file (${buf.length} bytes)`);
   const dataStart = 8 + Number(n);
   const dataLength = buf.length - dataStart;
   let header: unknown;

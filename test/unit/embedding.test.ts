@@ -110,6 +110,7 @@ describe("subject embedding files: malformed safetensors are refused", () => {
     refused(rawFile("f16.safetensors", tensor([0, 16], { dtype: "F16" }), data.subarray(0, 16)), /query_embeds has dtype "F16", expected "F32"/);
     refused(rawFile("q8.safetensors", tensor([0, 32], { dtype: "Q8_K" }), data), /unsupported dtype "Q8_K"/);
     refused(rawFile("hlen.safetensors", tensor([0, 32]), data, 1n << 40n), /header length 1099511627776 does not fit in the file/);
+    refused(rawFile("hlen0.safetensors", tensor([0, 32]), data, 0n), /header length 0 is too small/);
     refused(rawFile("hlen64.safetensors", tensor([0, 32]), data, (1n << 64n) - 1n), /header length 18446744073709551615 does not fit/);
   });
 
