@@ -1,6 +1,6 @@
 // Reading and validating an exported model folder (docs/manifest.md) and building the native spec.
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import path from "node:path";
 import type { NativeModelSpec } from "../bindings/types.js";
 import { ModelError, messageOf } from "../errors.js";
@@ -21,6 +21,11 @@ export interface ModelManifest {
   imageMean: number[];
   imageStd: number[];
   crossAttentionDim: number;
+  /**
+   * Longest subject text, in WordPiece tokens with [CLS] and [SEP], that the Q-Former's position table holds
+   * (`config.qformer_max_text_length`); undefined for exports made before the field existed.
+   */
+  qformerMaxTextLength?: number;
   hasControlnet: boolean;
   /** manifest.source as written by the exporter. */
   source: Record<string, unknown>;
@@ -52,6 +57,45 @@ const isNum = (v: unknown): v is number => typeof v === "number" && Number.isFin
 const isStr = (v: unknown): v is string => typeof v === "string" && v.length > 0;
 const isTriple = (v: unknown): v is number[] => Array.isArray(v) && v.length === 3 && v.every(isNum);
 
+/** Whether `p` is `root` or lies below it (both absolute and normalized). */
+function isInside(root: string, p: string): boolean {
+  const rel = path.relative(root, p);
+  return rel === "" || (rel !== ".." && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
+}
+
+/** realpath of `p`, or of its deepest existing ancestor joined with the rest when `p` does not exist. */
+function realpathOfExisting(p: string): string {
+  try {
+    return realpathSync(p);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const parent = path.dirname(p);
+    if ((code !== "ENOENT" && code !== "ENOTDIR") || parent === p) throw err;
+    return path.join(realpathOfExisting(parent), path.basename(p));
+  }
+}
+
+/**
+ * Resolves a file named by manifest key `key` inside the model folder `dir` (whose realpath is `realDir`).
+ * Refuses absolute paths and paths that leave the folder, lexically or through symlinks, before anything
+ * reads the file: a manifest must not make blipdiff hash, load or show files elsewhere.
+ */
+export function resolveInModelDir(dir: string, realDir: string, rel: string, key: string): string {
+  const refuse = (why: string): ModelError =>
+    new ModelError(`manifest.json: ${key} ${JSON.stringify(rel)} ${why}; files must lie inside the model folder ${dir}; ${FIX}`);
+  if (path.isAbsolute(rel) || path.win32.isAbsolute(rel)) throw refuse("is an absolute path");
+  const p = path.resolve(dir, rel);
+  if (!isInside(dir, p)) throw refuse("leaves the model folder");
+  let real: string;
+  try {
+    real = realpathOfExisting(p);
+  } catch (err) {
+    throw new ModelError(`manifest.json: cannot resolve ${key} ${JSON.stringify(rel)}: ${messageOf(err)}; ${FIX}`);
+  }
+  if (!isInside(realDir, real)) throw refuse(`leaves the model folder through a symlink (it resolves to ${real})`);
+  return p;
+}
+
 /** Reads `<dir>/manifest.json`, checks the format and that every file it names exists. */
 export function readManifest(dir: string): ModelManifest {
   const abs = path.resolve(dir);
@@ -77,9 +121,10 @@ export function readManifest(dir: string): ModelManifest {
   const toks = field(raw, "tokenizers", "manifest", isObj, "an object");
   const scheduler = field(raw, "scheduler", "manifest", isObj, "an object");
 
+  const realDir = realpathSync(abs);
   const missing: string[] = [];
-  const locate = (rel: string): string => {
-    const p = path.resolve(abs, rel);
+  const locate = (rel: string, key: string): string => {
+    const p = resolveInModelDir(abs, realDir, rel, key);
     if (!existsSync(p)) missing.push(rel);
     return p;
   };
@@ -87,7 +132,7 @@ export function readManifest(dir: string): ModelManifest {
     const m = field(modules, name, "modules", isObj, "an object");
     const rel = field(m, "file", `modules.${name}`, isStr, "a file name");
     const sha256 = field(m, "sha256", `modules.${name}`, isStr, "a sha256");
-    return { path: locate(rel), sha256 };
+    return { path: locate(rel, `modules.${name}.file`), sha256 };
   };
   const specModules = Object.fromEntries(REQUIRED_MODULES.map((n) => [n, mod(n)])) as NativeModelSpec["modules"];
   if (isObj(modules.controlnet)) specModules.controlnet = mod("controlnet");
@@ -96,14 +141,14 @@ export function readManifest(dir: string): ModelManifest {
   const qfT = field(toks, "qformer", "tokenizers", isObj, "an object");
   const tokenizers = {
     clip: {
-      file: locate(field(clipT, "file", "tokenizers.clip", isStr, "a file name")),
+      file: locate(field(clipT, "file", "tokenizers.clip", isStr, "a file name"), "tokenizers.clip.file"),
       sha256: isStr(clipT.sha256) ? clipT.sha256 : undefined,
       bos: field(clipT, "bos_token_id", "tokenizers.clip", isInt, "an id"),
       eos: field(clipT, "eos_token_id", "tokenizers.clip", isInt, "an id"),
       pad: field(clipT, "pad_token_id", "tokenizers.clip", isInt, "an id"),
     },
     qformer: {
-      file: locate(field(qfT, "file", "tokenizers.qformer", isStr, "a file name")),
+      file: locate(field(qfT, "file", "tokenizers.qformer", isStr, "a file name"), "tokenizers.qformer.file"),
       sha256: isStr(qfT.sha256) ? qfT.sha256 : undefined,
       cls: field(qfT, "cls_token_id", "tokenizers.qformer", isInt, "an id"),
       sep: field(qfT, "sep_token_id", "tokenizers.qformer", isInt, "an id"),
@@ -125,6 +170,10 @@ export function readManifest(dir: string): ModelManifest {
   };
   if (spec.numQueryTokens + 2 > spec.textMaxLength)
     throw new ModelError(`manifest.json: num_query_tokens ${spec.numQueryTokens} leaves no room in ${spec.textMaxLength} text positions`);
+  const qformerMaxTextLength =
+    cfg.qformer_max_text_length === undefined
+      ? undefined
+      : field(cfg, "qformer_max_text_length", "config", isPosInt, "a positive integer");
   const hasControlnet = cfg.has_controlnet === true && specModules.controlnet !== undefined;
   return {
     dir: abs,
@@ -134,6 +183,7 @@ export function readManifest(dir: string): ModelManifest {
     imageMean: field(cfg, "image_mean", "config", isTriple, "3 numbers"),
     imageStd: field(cfg, "image_std", "config", isTriple, "3 numbers"),
     crossAttentionDim: field(cfg, "cross_attention_dim", "config", isPosInt, "a positive integer"),
+    qformerMaxTextLength,
     hasControlnet,
     source: isObj(raw.source) ? raw.source : {},
     raw,
@@ -160,6 +210,7 @@ export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
     queryTokens: m.spec.numQueryTokens,
     imageSize: m.imageSize,
     textMaxLength: m.spec.textMaxLength,
+    qformerMaxTextLength: m.qformerMaxTextLength,
     crossAttentionDim: m.crossAttentionDim,
     latentChannels: m.spec.latentChannels,
     latentScale: m.spec.latentScale,

@@ -3,7 +3,7 @@
 // (x - float32(mean)) / float32(std) in float32, NCHW.
 import type { NativeTensor } from "../bindings/types.js";
 import { invalid } from "../errors.js";
-import { resizeBicubic, type RawImage } from "../image/resample.js";
+import { resizeBicubic, resizeBicubicWindow, type RawImage } from "../image/resample.js";
 
 /** How a non-square subject picture is brought to the processor's square size. */
 export type SubjectCrop = "squash" | "center";
@@ -32,21 +32,11 @@ function roundHalfEven(x: number): number {
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-/** Crops an HWC image (no resampling). */
-function crop(img: RawImage, left: number, top: number, width: number, height: number): RawImage {
-  const ch = img.channels;
-  const out = new Uint8Array(width * height * ch);
-  for (let y = 0; y < height; y++) {
-    const from = ((y + top) * img.width + left) * ch;
-    out.set(img.data.subarray(from, from + width * ch), y * width * ch);
-  }
-  return { data: out, width, height, channels: ch };
-}
-
 /**
  * The uint8 picture the processor normalizes: squashed to size x size (diffusers), or, with `center`,
  * torchvision's `Resize(size, BICUBIC)` (short side to size, long side int(size * long / short), PIL bicubic)
- * followed by `CenterCrop(size)` (offsets int(round((d - size) / 2)), Python rounding).
+ * followed by `CenterCrop(size)` (offsets int(round((d - size) / 2)), Python rounding). Only the crop window of
+ * the resize is computed: the same pixels, at a cost that does not grow with the aspect ratio.
  */
 export function resizeSubject(img: RawImage, size: number, mode: SubjectCrop = "squash"): RawImage {
   if (mode === "squash") return resizeBicubic(img, size, size);
@@ -55,10 +45,9 @@ export function resizeSubject(img: RawImage, size: number, mode: SubjectCrop = "
   const long = Math.max(w, h);
   const newLong = Math.trunc((size * long) / short);
   const [nw, nh] = w <= h ? [size, newLong] : [newLong, size];
-  const resized = nw === w && nh === h ? img : resizeBicubic(img, nw, nh);
   const top = roundHalfEven((nh - size) / 2);
   const left = roundHalfEven((nw - size) / 2);
-  return crop(resized, left, top, size, size);
+  return resizeBicubicWindow(img, nw, nh, [left, top, size, size]);
 }
 
 /** HWC uint8 RGB -> NCHW float32 `(u8/255 - mean) / std` (or just u8/255 without mean/std). */

@@ -82,12 +82,20 @@ for (const name of fixtureNames()) {
       await expect(pipe.generate({ ...caseOptions(fx, "nocfg"), signal: pre.signal })).rejects.toThrow(AbortError);
     });
 
-    it("averages the embeddings of several pictures", async () => {
-      const one = await pipe.encodeSubject({ images: fx.input("reference.png"), subject: "dog" });
-      const two = await pipe.encodeSubject({ images: [fx.input("reference.png"), fx.input("reference.png")], subject: "dog" });
-      expect(maxAbsDiff(one.queryEmbeds.data, two.queryEmbeds.data)).toBeLessThan(1e-6);
+    it("averages the embeddings of several different pictures", async () => {
+      const a = await pipe.encodeSubject({ images: fx.input("reference.png"), subject: "dog" });
+      const b = await pipe.encodeSubject({ images: fx.input("reference_large.png"), subject: "dog" });
+      const both = await pipe.encodeSubject({ images: [fx.input("reference.png"), fx.input("reference_large.png")], subject: "dog" });
+      expect(both.queryEmbeds.shape).toEqual(a.queryEmbeds.shape);
+      expect(both.sourceImages).toEqual(["reference.png", "reference_large.png"]);
+      const mean = a.queryEmbeds.data.map((v, i) => (v + b.queryEmbeds.data[i]) / 2);
+      expect(maxAbsDiff(both.queryEmbeds.data, mean)).toBeLessThan(1e-5);
+      // The two pictures give clearly different embeddings, so the mean is neither of them.
+      expect(maxAbsDiff(a.queryEmbeds.data, b.queryEmbeds.data)).toBeGreaterThan(1e-2);
+      expect(maxAbsDiff(both.queryEmbeds.data, a.queryEmbeds.data)).toBeGreaterThan(5e-3);
+      expect(maxAbsDiff(both.queryEmbeds.data, b.queryEmbeds.data)).toBeGreaterThan(5e-3);
       const q = fx.tensor("qformer.dog.query_embeds").data as Float32Array;
-      expect(allClose(one.queryEmbeds.data, q, 1e-4, 1e-4)).toBe(true);
+      expect(allClose(a.queryEmbeds.data, q, 1e-4, 1e-4)).toBe(true);
     });
 
     it("subjectOnly loads only the Q-Former: encodeSubject still matches, generate is refused", async () => {

@@ -1,11 +1,23 @@
 // Unit-test access to the fixtures: golden.json (Python's json writes -Infinity/NaN, which JSON.parse
 // rejects, so it is read leniently here) and golden tensors through test/helpers/fixtures.ts.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
 import { parseJsonLenient } from "../../src/pipeline/manifest.js";
-import { fixtureNames, fixturesRoot, readSafetensors, type GoldenTensor } from "../helpers/fixtures.js";
+import { fixturesRoot, readSafetensors, type GoldenTensor } from "../helpers/fixtures.js";
 
-export { fixtureNames };
+/**
+ * Every fixture folder under `root` (those with a golden.json), sorted. Throws when there are none: tests are
+ * generated once per fixture, so an empty list would make them pass without checking anything.
+ */
+export function fixtureNames(root: string = fixturesRoot): string[] {
+  if (!existsSync(root)) throw new Error(`no fixtures at ${root}: set BLIPDIFF_FIXTURES`);
+  const names = readdirSync(root)
+    .filter((d) => existsSync(path.join(root, d, "golden.json")))
+    .sort();
+  if (names.length === 0)
+    throw new Error(`no fixture folders (with a golden.json) in ${root}: the per-fixture tests would check nothing; set BLIPDIFF_FIXTURES`);
+  return names;
+}
 
 export const parseLenientJson = parseJsonLenient;
 

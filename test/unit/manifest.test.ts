@@ -1,8 +1,8 @@
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseJsonLenient, readManifest } from "../../src/pipeline/manifest.js";
+import { parseJsonLenient, readManifest, summarizeManifest } from "../../src/pipeline/manifest.js";
 import { fixtureNames, loadFixture } from "./golden.js";
 
 const root = mkdtempSync(path.join(os.tmpdir(), "blipdiff-manifest-"));
@@ -98,11 +98,95 @@ describe("manifest.json", () => {
     expect(() => readManifest(folder(undefined, (s) => s.slice(0, 20)))).toThrow(/cannot parse .*manifest.json/);
   });
 
+  it("reads the optional config.qformer_max_text_length and validates it", () => {
+    expect(readManifest(folder()).qformerMaxTextLength).toBeUndefined();
+    const m = readManifest(folder((x) => (x.config.qformer_max_text_length = 512)));
+    expect(m.qformerMaxTextLength).toBe(512);
+    expect(summarizeManifest(m).qformerMaxTextLength).toBe(512);
+    for (const bad of [0, -3, 2.5, "512", null, true])
+      expect(() => readManifest(folder((x) => (x.config.qformer_max_text_length = bad))))
+        .toThrow(/expected a positive integer for config.qformer_max_text_length/);
+  });
+
   it("parses Python JSON leniently without touching strings", () => {
     expect(parseJsonLenient('{"a": NaN, "b": "Infinity", "c": [Infinity, -Infinity]}')).toEqual({
       a: NaN,
       b: "Infinity",
       c: [Infinity, -Infinity],
     });
+  });
+});
+
+describe("manifest paths stay inside the model folder", () => {
+  // A file outside every model folder that a hostile manifest points at.
+  const secretDir = path.join(root, "outside");
+  mkdirSync(secretDir, { recursive: true });
+  const secret = path.join(secretDir, "secret.pt");
+  writeFileSync(secret, "not yours");
+
+  const keys = [
+    { key: "modules.unet.file", set: (m: Record<string, any>, f: string) => (m.modules.unet.file = f) },
+    { key: "modules.controlnet.file", set: (m: Record<string, any>, f: string) => (m.modules.controlnet = { file: f, sha256: "0".repeat(64) }) },
+    { key: "tokenizers.clip.file", set: (m: Record<string, any>, f: string) => (m.tokenizers.clip.file = f) },
+    { key: "tokenizers.qformer.file", set: (m: Record<string, any>, f: string) => (m.tokenizers.qformer.file = f) },
+  ];
+  const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+  for (const { key, set } of keys) {
+    it(`refuses an absolute ${key}, naming the key and the path`, () => {
+      const dir = folder((m) => set(m, secret));
+      expect(() => readManifest(dir)).toThrow(new RegExp(`manifest.json: ${esc(key)} "${esc(secret)}" is an absolute path; .*inside the model folder`));
+    });
+
+    it(`refuses a ../ ${key} that leaves the folder`, () => {
+      const rel = path.join("..", "outside", "secret.pt");
+      expect(() => readManifest(folder((m) => set(m, rel)))).toThrow(new RegExp(`${esc(key)} "${esc(rel)}" leaves the model folder;`));
+      // Out through the parent and back into the same folder is fine: the check is on the resolved path.
+      const back = path.join("..", `m${n}`, "unet.pt");
+      expect(readManifest(folder((m) => set(m, back))).dir).toBe(path.join(root, `m${n - 1}`));
+      expect(() => readManifest(folder((m) => set(m, "sub/../../x.pt")))).toThrow(/leaves the model folder;/);
+    });
+
+    it(`refuses a ${key} symlink (or symlinked folder) that points outside`, () => {
+      const dir = folder((m) => set(m, "evil.pt"));
+      symlinkSync(secret, path.join(dir, "evil.pt"));
+      expect(() => readManifest(dir)).toThrow(new RegExp(`${esc(key)} "evil.pt" leaves the model folder through a symlink \\(it resolves to ${esc(secret)}\\)`));
+      const dir2 = folder((m) => set(m, "linked/secret.pt"));
+      symlinkSync(secretDir, path.join(dir2, "linked"));
+      expect(() => readManifest(dir2)).toThrow(new RegExp(`${esc(key)} "linked/secret.pt" leaves the model folder through a symlink`));
+      // A name below a symlinked outside folder that does not exist is refused too, not reported missing.
+      const dir3 = folder((m) => set(m, "linked/none.pt"));
+      symlinkSync(secretDir, path.join(dir3, "linked"));
+      expect(() => readManifest(dir3)).toThrow(/leaves the model folder through a symlink/);
+    });
+  }
+
+  it("accepts symlinks that stay inside the folder, and a model folder reached through a symlink", () => {
+    const dir = folder((m) => {
+      m.modules.unet.file = "alias.pt";
+      m.tokenizers.clip.file = "tok-link/tokenizer.json";
+    });
+    symlinkSync("unet.pt", path.join(dir, "alias.pt"));
+    symlinkSync("tokenizer", path.join(dir, "tok-link"));
+    const m = readManifest(dir);
+    expect(m.spec.modules.unet.path).toBe(path.join(dir, "alias.pt"));
+    expect(m.tokenizers.clip.file).toBe(path.join(dir, "tok-link", "tokenizer.json"));
+    const via = path.join(root, "via-link");
+    symlinkSync(dir, via);
+    expect(readManifest(via).spec.modules.unet.path).toBe(path.join(via, "alias.pt"));
+  });
+
+  it("refuses before reading: info never sees the outside file", () => {
+    const dir = folder((m) => (m.modules.unet.file = "../outside/secret.pt"));
+    // An incomplete folder with a bad path reports the bad path, not a missing file.
+    unlinkSync(path.join(dir, "vae_decoder.pt"));
+    expect(() => summarizeManifest(readManifest(dir))).toThrow(/modules.unet.file .* leaves the model folder/);
+    renameSync(secret, `${secret}.moved`);
+    try {
+      // A missing outside target is refused the same way: nothing is probed outside the folder.
+      expect(() => readManifest(dir)).toThrow(/leaves the model folder/);
+    } finally {
+      renameSync(`${secret}.moved`, secret);
+    }
   });
 });
