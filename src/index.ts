@@ -10,8 +10,8 @@ export type {
   LoadOptions,
   ProgressEvent,
 } from "./pipeline/pipeline.js";
-export { saveSubjectEmbedding, loadSubjectEmbedding, serializeSubjectEmbedding } from "./pipeline/embedding.js";
-export type { SubjectEmbedding } from "./pipeline/embedding.js";
+export { saveSubjectEmbedding, loadSubjectEmbedding, serializeSubjectEmbedding, checkSubjectEmbedding } from "./pipeline/embedding.js";
+export type { EmbeddingShape, SubjectEmbedding } from "./pipeline/embedding.js";
 export { DEFAULTS, LIMITS, SCHEDULERS, parseScheduler, parseDevice, parseDType, randomSeed } from "./pipeline/options.js";
 export type { DTypeOption, DeviceOption, PromptOptions, SamplingOptions, SchedulerKind } from "./pipeline/options.js";
 export { buildPrompt } from "./pipeline/prompt.js";
@@ -24,8 +24,8 @@ export { readManifest, MANIFEST_FORMAT, MANIFEST_VERSION } from "./pipeline/mani
 export type { ModelManifest } from "./pipeline/manifest.js";
 export { decodeRgb } from "./image/decode.js";
 export type { ImageSource, NamedBytes } from "./image/decode.js";
-export { resizeBicubic } from "./image/resample.js";
-export type { RawImage } from "./image/resample.js";
+export { cropImage, resizeBicubic, resizeBicubicWindow } from "./image/resample.js";
+export type { PixelWindow, RawImage } from "./image/resample.js";
 export { encodeImage, formatFromPath } from "./image/encode.js";
 export { insertPngText, readPngText } from "./image/png-text.js";
 export { loadAddon, addonPath, AddonNotFoundError } from "./bindings/index.js";

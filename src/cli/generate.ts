@@ -96,6 +96,7 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
       scheduler,
       subject: f.subject ?? embedding?.subject,
       subjectEmbedding: embedding,
+      embeddingSource: f.subjectEmbedding,
       hasSubjectImage: images.length > 0,
       hasControlImage: f.controlImage !== undefined,
     }),

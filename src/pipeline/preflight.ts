@@ -1,7 +1,7 @@
 // Checks of a generation request against a model that need no native code: run before the model loads
 // (the CLI) and again at the start of every generate() (the library), so bad input fails fast and clearly.
-import { InputError, ModelError, invalid } from "../errors.js";
-import type { SubjectEmbedding } from "./embedding.js";
+import { ModelError, invalid } from "../errors.js";
+import { checkSubjectEmbedding, type SubjectEmbedding } from "./embedding.js";
 import type { ModelManifest } from "./manifest.js";
 import { resolvePrompt, resolveSampling, type PromptOptions, type ResolvedPrompt, type ResolvedSampling, type SamplingOptions } from "./options.js";
 import { ClipTokenizer, WordPieceTokenizer } from "./tokenize.js";
@@ -44,8 +44,7 @@ export function maxLatentTokens(m: ModelManifest): number | undefined {
 
 /** The longest Q-Former text (WordPiece ids with [CLS] and [SEP]); undefined for exports that predate the field. */
 export function qformerMaxTextLength(m: ModelManifest): number | undefined {
-  const v = (m as { qformerMaxTextLength?: unknown }).qformerMaxTextLength ?? rawConfig(m).qformer_max_text_length;
-  return typeof v === "number" && Number.isInteger(v) && v > 0 ? v : undefined;
+  return m.qformerMaxTextLength;
 }
 
 /** resolveSampling plus the model's bound on latent tokens. */
@@ -76,17 +75,7 @@ export function checkSubjectText(m: ModelManifest, subject: string, name = "subj
 
 /** Refuses an embedding of the wrong shape for this model, or with NaN/Inf values. */
 export function checkEmbeddingFor(m: ModelManifest, e: SubjectEmbedding, source = "the subject embedding"): void {
-  const shape = e.queryEmbeds.shape;
-  const q = m.spec.numQueryTokens;
-  const d = m.crossAttentionDim;
-  if (shape.length !== 3 || shape[0] !== 1 || shape[1] !== q || shape[2] !== d)
-    throw new InputError(
-      `${source} has shape [${shape.join(", ")}] but this model needs [1, ${q}, ${d}]: encode the subject with this model (blipdiff encode --model ${m.dir})`,
-    );
-  const data = e.queryEmbeds.data;
-  for (let i = 0; i < data.length; i++)
-    if (!Number.isFinite(data[i]))
-      throw new InputError(`${source} contains ${Number.isNaN(data[i]) ? "NaN" : "infinite"} values: encode the subject again (blipdiff encode)`);
+  checkSubjectEmbedding(e, { numQueryTokens: m.spec.numQueryTokens, dim: m.crossAttentionDim }, source);
 }
 
 /**
@@ -104,6 +93,8 @@ export function promptWindowWarning(m: ModelManifest, prompt: ResolvedPrompt): s
 export interface PreflightOptions extends PromptOptions, SamplingOptions {
   subject?: string;
   subjectEmbedding?: SubjectEmbedding;
+  /** Names the embedding in messages (e.g. its file). */
+  embeddingSource?: string;
   hasSubjectImage: boolean;
   hasControlImage: boolean;
 }
@@ -123,7 +114,7 @@ export function preflightGenerate(m: ModelManifest, o: PreflightOptions): Prefli
   const subject = o.subject ?? o.subjectEmbedding?.subject;
   if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
   if (o.hasSubjectImage) checkSubjectText(m, subject);
-  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding);
+  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding, o.embeddingSource);
   const prompt = resolvePrompt(o, subject);
   if (o.hasControlImage && !m.hasControlnet)
     throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);

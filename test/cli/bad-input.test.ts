@@ -155,11 +155,11 @@ describe("bad input (CLI)", () => {
     const control = path.join(fx.dir, "inputs", "condition.png");
     expectEarlyFailure([...args(), "--control-image", control], 1, /--control-image needs a model exported with a ControlNet/);
     const wrong = embeddingFile(path.join(tmp, "wrong-shape.safetensors"), [1, q + 1, d], (i) => i / 1000);
-    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": wrong }), 1, new RegExp(`has shape \\[1, ${q + 1}, ${d}\\] but this model needs \\[1, ${q}, ${d}\\]`));
+    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": wrong }), 1, new RegExp(`wrong-shape.safetensors has shape \\[1, ${q + 1}, ${d}\\], this model needs \\[1, ${q}, ${d}\\]`));
     const nan = embeddingFile(path.join(tmp, "nan.safetensors"), [1, q, d], (i) => (i === 5 ? Number.NaN : 0.1));
-    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": nan }), 1, /NaN/);
+    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": nan }), 1, /nan.safetensors .*NaN/);
     const inf = embeddingFile(path.join(tmp, "inf.safetensors"), [1, q, d], (i) => (i === 7 ? Number.POSITIVE_INFINITY : 0.1));
-    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": inf }), 1, /infinite/);
+    expectEarlyFailure(args({ "--subject-image": "", "--subject": "", "--subject-embedding": inf }), 1, /inf.safetensors .*Infinity/);
   });
 
   it("-o folder/ creates nothing when the run fails", () => {
