@@ -12,9 +12,12 @@ export const exportRoot = path.join(repoRoot, ".test-cache", "models");
 /** Every fixture folder (tiny-a, and any other with a golden.json): tests run once per fixture. */
 export function fixtureNames(): string[] {
   if (!existsSync(fixturesRoot)) throw new Error(`no fixtures at ${fixturesRoot}: set BLIPDIFF_FIXTURES`);
-  return readdirSync(fixturesRoot)
+  const names = readdirSync(fixturesRoot)
     .filter((d) => existsSync(path.join(fixturesRoot, d, "golden.json")))
     .sort();
+  // A per-fixture suite over no fixtures would pass without checking anything.
+  if (names.length === 0) throw new Error(`no fixtures (folders with golden.json) in ${fixturesRoot}: set BLIPDIFF_FIXTURES`);
+  return names;
 }
 
 export interface GoldenTensor {
