@@ -6,7 +6,6 @@ when everything has been written: work happens in a hidden sibling folder that i
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import importlib
@@ -27,6 +26,7 @@ import torch
 
 from .checkpoint import Checkpoint, read_checkpoint, read_json
 from .errors import ExportError
+from .reproducible import reproducible_scripting
 from .tokenizers import resolve_qformer_source, write_clip_tokenizer, write_qformer_tokenizer
 from .weights import LIST_LIMIT, load_into, read_weights
 
@@ -211,35 +211,6 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
-class _SortedSet(set):
-    """A set that iterates in sorted order (by str), independent of PYTHONHASHSEED."""
-
-    def __iter__(self):
-        return iter(sorted(super().__iter__(), key=str))
-
-
-@contextlib.contextmanager
-def _deterministic_scripting():
-    """Makes torch.jit.script's output independent of the process's string hash seed.
-
-    TorchScript collects each module's constants (`__constants__`, Final attributes) in a set and
-    writes them in its iteration order, which for strings depends on PYTHONHASHSEED, so the .pt
-    files (and the manifest's sha256) would differ between runs; the set is iterated sorted here.
-    If torch stops using `set` there, this does nothing and only the byte-identity test notices.
-
-    Not covered: class names carry `___torch_mangle_<n>` suffixes from a process-wide counter, so
-    bytes are reproducible only from a fresh process (as the CLI always is), not after other
-    scripting in the same process. The numerics are the same either way.
-    """
-    import torch.jit._recursive as recursive
-
-    recursive.set = _SortedSet  # a module global shadows the builtin inside torch.jit._recursive
-    try:
-        yield
-    finally:
-        del recursive.set
-
-
 def _export_modules(
     ckpt: Checkpoint, staging: Path, random_weights: bool, log: TextIO | None
 ) -> dict[str, dict[str, str]]:
@@ -270,7 +241,7 @@ def _export_modules(
                         f"{spec.component}: {len(leftover)} unexpected weight(s) that no exported module uses: {shown}"
                     )
         try:
-            with _deterministic_scripting():
+            with reproducible_scripting():
                 scripted = torch.jit.script(module)
         except Exception as e:  # TorchScript compile errors are RuntimeErrors with multi-line context
             raise ExportError(f"{spec.name}: torch.jit.script failed: {e}") from e
