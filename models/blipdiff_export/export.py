@@ -227,7 +227,7 @@ def _export_modules(
         module.eval()
         if not random_weights:
             if spec.component not in cache:
-                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component)
+                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component, ckpt.boundary)
             state = cache[spec.component]
             if spec.prefixes:
                 state = {k: v for k, v in state.items() if k.startswith(spec.prefixes)}
