@@ -189,6 +189,8 @@ def check_consistency(ckpt: Checkpoint) -> None:
 
 
 def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
+    from .qformer import max_text_length
+
     c = ckpt.configs
     unet, vae = c["unet"], c["vae"]
     return {
@@ -198,6 +200,7 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
         "text_hidden_size": c["text_encoder"]["hidden_size"],
         "cross_attention_dim": unet["cross_attention_dim"],
         "qformer_hidden_size": c["qformer"]["qformer_config"]["hidden_size"],
+        "qformer_max_text_length": max_text_length(c["qformer"]),
         "image_size": ckpt.image_size,
         "image_mean": ckpt.image_mean,
         "image_std": ckpt.image_std,
