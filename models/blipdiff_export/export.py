@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import torch
 
+from . import signals
 from .checkpoint import Checkpoint, read_checkpoint, read_json
 from .errors import ExportError
 from .reproducible import reproducible_scripting
@@ -36,6 +37,7 @@ EXPORTER_VERSION = "0.1.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0
+TEST_PAUSE_ENV = "BLIPDIFF_TEST_PAUSE_AFTER"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -255,6 +257,8 @@ def _export_modules(
         size = path.stat().st_size
         modules[spec.name] = {"file": path.name, "sha256": sha256_file(path)}
         _log(log, f"{spec.name}: {time.perf_counter() - start:.1f} s, {size / 1e6:.1f} MB -> {path.name}")
+        if os.environ.get(TEST_PAUSE_ENV) == spec.name:
+            time.sleep(60)  # tests interrupt the export here (see __main__.py)
     return modules
 
 
@@ -316,9 +320,9 @@ def convert(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         clip = write_clip_tokenizer(clip_src, staging / "tokenizer" / "tokenizer.json")
         text_vocab = ckpt.configs["text_encoder"].get("vocab_size")
         if text_vocab is not None and clip.pop("max_id") >= text_vocab:
@@ -367,10 +371,12 @@ def convert(
             "scheduler": ckpt.configs["scheduler"],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _prepare_out(out, force)  # something may have appeared there during a long export
-        _commit(staging, out)
+        with signals.committing():  # the output is complete: an interrupt no longer stops it
+            _prepare_out(out, force)  # something may have appeared there during a long export
+            _commit(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with signals.shielded():  # a second interrupt must not cut the cleanup short
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 
