@@ -18,6 +18,7 @@ scripting in the same process. The numerics are the same either way.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -45,13 +46,19 @@ def _roots() -> list[str]:
     return sorted(roots, key=len, reverse=True)
 
 
-def portable_source_name(filename: str | None, roots: list[str] | None = None) -> str | None:
-    """`filename` relative to the import root it was found under (`torch/nn/functional.py`).
+def portable_source_name(filename: str | None, module: str | None = None, roots: list[str] | None = None) -> str | None:
+    """`filename` as its import name spells it (`torch/nn/functional.py` for module `torch.nn.functional`).
 
-    A file outside every import root keeps only its base name: never an absolute path.
+    Without a matching module name, the path relative to the longest import root it lies under; a
+    file outside every import root keeps only its base name. Never an absolute path.
     """
     if filename is None:
         return None
+    posix = Path(filename).as_posix()
+    if module and module != "__main__":
+        by_name = module.replace(".", "/") + ("/__init__.py" if posix.endswith("/__init__.py") else ".py")
+        if posix == by_name or posix.endswith("/" + by_name):
+            return by_name
     candidates = {os.path.abspath(filename), os.path.realpath(filename)}
     for root in roots if roots is not None else _roots():
         for path in candidates:
@@ -79,7 +86,8 @@ def reproducible_scripting() -> Iterator[None]:
 
     def get_source_lines_and_file(obj: Any, error_msg: str | None = None) -> tuple[list[str], int, str | None]:
         lines, lineno, filename = original(obj, error_msg)
-        return lines, lineno, portable_source_name(filename, roots)
+        module = getattr(inspect.getmodule(obj), "__name__", None)
+        return lines, lineno, portable_source_name(filename, module, roots)
 
     patched = [m for m in (sources, jit_internal, frontend, annotations) if hasattr(m, "get_source_lines_and_file")]
     for module in patched:

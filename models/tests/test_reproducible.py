@@ -78,12 +78,14 @@ def test_two_checkouts_give_identical_files(fixture, tmp_path):
 
 
 def test_portable_source_name(tmp_path):
-    roots = [str(tmp_path / "site-packages"), str(tmp_path)]
-    assert portable_source_name(str(tmp_path / "site-packages" / "torch" / "nn" / "functional.py"), roots) == (
-        "torch/nn/functional.py"
-    )
-    assert portable_source_name(str(tmp_path / "models" / "blipdiff_export" / "unet.py"), roots) == (
-        "models/blipdiff_export/unet.py"
-    )
-    assert portable_source_name("/elsewhere/x/y.py", roots) == "y.py"
-    assert portable_source_name(None, roots) is None
+    unet = str(tmp_path / "models" / "blipdiff_export" / "unet.py")
+    # The import name decides, whatever the import roots (the working folder may be one of them).
+    roots = [str(tmp_path / "models" / "blipdiff_export"), str(tmp_path)]
+    assert portable_source_name(unet, "blipdiff_export.unet", roots) == "blipdiff_export/unet.py"
+    init = str(tmp_path / "models" / "blipdiff_export" / "__init__.py")
+    assert portable_source_name(init, "blipdiff_export", roots) == "blipdiff_export/__init__.py"
+    # Without a matching module name: relative to the longest import root, else the base name.
+    assert portable_source_name(unet, None, roots) == "unet.py"
+    assert portable_source_name(unet, "other.name", [str(tmp_path)]) == "models/blipdiff_export/unet.py"
+    assert portable_source_name("/elsewhere/x/y.py", "__main__", roots) == "y.py"
+    assert portable_source_name(None, "x", roots) is None
