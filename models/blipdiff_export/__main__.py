@@ -1,7 +1,13 @@
 """Command line: `python -m blipdiff_export convert <checkpoint-dir-or-hub-id> --out <dir> [...]`.
 
 stdout carries only the output folder; progress goes to stderr. Exit codes: 0 success,
-1 export error (one `error: ...` line on stderr), 2 usage error, 130 interrupted.
+1 export error (one `error: ...` line on stderr), 2 usage error, 130 interrupted (SIGINT), 143
+terminated (SIGTERM); an interrupted export removes its staging folder and prints the one line
+`interrupted: nothing was written` (see signals.py).
+
+Test hook: BLIPDIFF_TEST_PAUSE_AFTER=<module name> (qformer, unet, ...) makes the export sleep for a
+minute after writing that module and printing its progress line, so that tests can interrupt an
+export at a known point. It is meant for tests only.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import signals
 from .errors import ExportError
+
+INTERRUPTED = "interrupted: nothing was written"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
+        except signals.Interrupted as e:
+            print(INTERRUPTED, file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:  # SIGINT without signals.install(): main() called in-process
+            print(INTERRUPTED, file=sys.stderr)
             return 130
         print(out)
     return 0
 
 
 if __name__ == "__main__":
+    signals.install()
     sys.exit(main())

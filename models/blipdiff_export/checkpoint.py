@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ExportError
+from .paths import Boundary
 
 PIPELINES = ("BlipDiffusionPipeline", "BlipDiffusionControlNetPipeline")
 
@@ -29,6 +31,11 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "tokenizer": (("transformers",), ("CLIPTokenizer", "CLIPTokenizerFast"), ""),
 }
 REQUIRED = ("qformer", "text_encoder", "unet", "vae", "scheduler", "tokenizer")
+# Files the tokenizer code may read from the checkpoint's tokenizer folders (see tokenizers.py).
+TOKENIZER_FILES = {
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"),
+    "qformer_tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.txt"),
+}
 
 
 @dataclass
@@ -46,6 +53,7 @@ class Checkpoint:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokenizer_dir: Path | None = None
     qformer_tokenizer_dir: Path | None = None
+    boundary: Boundary | None = None  # where the checkpoint's files may resolve to (paths.py)
 
     @property
     def has_controlnet(self) -> bool:
@@ -112,12 +120,14 @@ def read_checkpoint(root: Path, *, with_controlnet: bool | None = None) -> Check
     root = Path(root)
     if not root.is_dir():
         raise ExportError(f"{root} is not a folder; give a diffusers-format BLIP-Diffusion checkpoint folder")
+    boundary = Boundary(root)
     index_path = root / "model_index.json"
     if not index_path.is_file():
         raise ExportError(
             f"{root} has no model_index.json, so it is not a diffusers-format pipeline folder; "
             "give the folder that holds model_index.json, qformer/, text_encoder/, unet/, vae/, ..."
         )
+    boundary.check(index_path, "model_index.json")
     index = read_json(index_path, "model_index.json")
     pipeline = index.get("_class_name")
     if pipeline not in PIPELINES:
@@ -159,6 +169,7 @@ def read_checkpoint(root: Path, *, with_controlnet: bool | None = None) -> Check
     for name in wanted:
         filename = COMPONENTS[name][2]
         if filename:
+            boundary.check(root / name / filename, name)
             configs[name] = read_json(root / name / filename, f"{name}")
 
     ctx_begin_pos = index.get("ctx_begin_pos")
@@ -169,6 +180,7 @@ def read_checkpoint(root: Path, *, with_controlnet: bool | None = None) -> Check
     proc: dict[str, Any] = {}
     proc_path = root / "image_processor" / COMPONENTS["image_processor"][2]
     if "image_processor" in listed or proc_path.is_file():
+        boundary.check(proc_path, "image_processor")
         proc = read_json(proc_path, "image_processor")
         configs["image_processor"] = proc
         image_size = _image_size(proc, proc_path)
@@ -192,6 +204,12 @@ def read_checkpoint(root: Path, *, with_controlnet: bool | None = None) -> Check
 
     tokenizer_dir = root / "tokenizer"
     qformer_tokenizer_dir = root / "qformer_tokenizer"
+    for folder in (tokenizer_dir, qformer_tokenizer_dir):
+        if folder.is_dir():
+            boundary.check(folder, folder.name)
+            for filename in TOKENIZER_FILES[folder.name]:
+                if os.path.lexists(folder / filename):
+                    boundary.check(folder / filename, folder.name)
     return Checkpoint(
         root=root,
         pipeline_class="BlipDiffusionControlNetPipeline" if with_controlnet else "BlipDiffusionPipeline",
@@ -204,4 +222,5 @@ def read_checkpoint(root: Path, *, with_controlnet: bool | None = None) -> Check
         configs=configs,
         tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None,
         qformer_tokenizer_dir=qformer_tokenizer_dir if qformer_tokenizer_dir.is_dir() else None,
+        boundary=boundary,
     )

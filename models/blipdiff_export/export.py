@@ -6,7 +6,6 @@ when everything has been written: work happens in a hidden sibling folder that i
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import importlib
@@ -25,8 +24,10 @@ from typing import Any, TextIO
 
 import torch
 
+from . import signals
 from .checkpoint import Checkpoint, read_checkpoint, read_json
 from .errors import ExportError
+from .reproducible import reproducible_scripting
 from .tokenizers import resolve_qformer_source, write_clip_tokenizer, write_qformer_tokenizer
 from .weights import LIST_LIMIT, load_into, read_weights
 
@@ -36,6 +37,7 @@ EXPORTER_VERSION = "0.1.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0
+TEST_PAUSE_ENV = "BLIPDIFF_TEST_PAUSE_AFTER"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -189,6 +191,8 @@ def check_consistency(ckpt: Checkpoint) -> None:
 
 
 def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
+    from .qformer import max_text_length
+
     c = ckpt.configs
     unet, vae = c["unet"], c["vae"]
     return {
@@ -198,6 +202,7 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
         "text_hidden_size": c["text_encoder"]["hidden_size"],
         "cross_attention_dim": unet["cross_attention_dim"],
         "qformer_hidden_size": c["qformer"]["qformer_config"]["hidden_size"],
+        "qformer_max_text_length": max_text_length(c["qformer"]),
         "image_size": ckpt.image_size,
         "image_mean": ckpt.image_mean,
         "image_std": ckpt.image_std,
@@ -209,35 +214,6 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
         "unet_sample_size": unet.get("sample_size"),
         "has_controlnet": ckpt.has_controlnet,
     }
-
-
-class _SortedSet(set):
-    """A set that iterates in sorted order (by str), independent of PYTHONHASHSEED."""
-
-    def __iter__(self):
-        return iter(sorted(super().__iter__(), key=str))
-
-
-@contextlib.contextmanager
-def _deterministic_scripting():
-    """Makes torch.jit.script's output independent of the process's string hash seed.
-
-    TorchScript collects each module's constants (`__constants__`, Final attributes) in a set and
-    writes them in its iteration order, which for strings depends on PYTHONHASHSEED, so the .pt
-    files (and the manifest's sha256) would differ between runs; the set is iterated sorted here.
-    If torch stops using `set` there, this does nothing and only the byte-identity test notices.
-
-    Not covered: class names carry `___torch_mangle_<n>` suffixes from a process-wide counter, so
-    bytes are reproducible only from a fresh process (as the CLI always is), not after other
-    scripting in the same process. The numerics are the same either way.
-    """
-    import torch.jit._recursive as recursive
-
-    recursive.set = _SortedSet  # a module global shadows the builtin inside torch.jit._recursive
-    try:
-        yield
-    finally:
-        del recursive.set
 
 
 def _export_modules(
@@ -256,7 +232,7 @@ def _export_modules(
         module.eval()
         if not random_weights:
             if spec.component not in cache:
-                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component)
+                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component, ckpt.boundary)
             state = cache[spec.component]
             if spec.prefixes:
                 state = {k: v for k, v in state.items() if k.startswith(spec.prefixes)}
@@ -270,7 +246,7 @@ def _export_modules(
                         f"{spec.component}: {len(leftover)} unexpected weight(s) that no exported module uses: {shown}"
                     )
         try:
-            with _deterministic_scripting():
+            with reproducible_scripting():
                 scripted = torch.jit.script(module)
         except Exception as e:  # TorchScript compile errors are RuntimeErrors with multi-line context
             raise ExportError(f"{spec.name}: torch.jit.script failed: {e}") from e
@@ -281,6 +257,8 @@ def _export_modules(
         size = path.stat().st_size
         modules[spec.name] = {"file": path.name, "sha256": sha256_file(path)}
         _log(log, f"{spec.name}: {time.perf_counter() - start:.1f} s, {size / 1e6:.1f} MB -> {path.name}")
+        if os.environ.get(TEST_PAUSE_ENV) == spec.name:
+            time.sleep(60)  # tests interrupt the export here (see __main__.py)
     return modules
 
 
@@ -342,9 +320,9 @@ def convert(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         clip = write_clip_tokenizer(clip_src, staging / "tokenizer" / "tokenizer.json")
         text_vocab = ckpt.configs["text_encoder"].get("vocab_size")
         if text_vocab is not None and clip.pop("max_id") >= text_vocab:
@@ -393,10 +371,12 @@ def convert(
             "scheduler": ckpt.configs["scheduler"],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _prepare_out(out, force)  # something may have appeared there during a long export
-        _commit(staging, out)
+        with signals.committing():  # the output is complete: an interrupt no longer stops it
+            _prepare_out(out, force)  # something may have appeared there during a long export
+            _commit(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with signals.shielded():  # a second interrupt must not cut the cleanup short
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 

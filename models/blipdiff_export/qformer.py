@@ -269,6 +269,17 @@ class ProjLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def max_text_length(config: dict[str, Any]) -> int:
+    """The longest subject text the Q-Former takes, in WordPiece ids with [CLS] and [SEP]: its position table size.
+
+    Text positions are numbered 0..T-1 (the query tokens get none), so T <= max_position_embeddings.
+    """
+    qformer = config_value(config, "qformer_config", {})
+    if not isinstance(qformer, dict):
+        raise ExportError("unsupported qformer config: vision_config and qformer_config must be objects")
+    return positive_int(qformer, "max_position_embeddings", 512, "qformer_config.")
+
+
 class QFormerModel(nn.Module):
     """Reference image + subject-text ids -> the `num_query_tokens` ctx embeddings spliced into the CLIP prompt.
 
@@ -296,7 +307,7 @@ class QFormerModel(nn.Module):
         intermediate = positive_int(qformer, "intermediate_size", 3072, where)
         num_layers = positive_int(qformer, "num_hidden_layers", 12, where)
         vocab_size = positive_int(qformer, "vocab_size", 30522, where)
-        max_positions = positive_int(qformer, "max_position_embeddings", 512, where)
+        max_positions = max_text_length(config)
         eps = positive_float(qformer, "layer_norm_eps", 1e-12, where)
         frequency = positive_int(qformer, "cross_attention_frequency", 2, where)
         act_name = config_value(qformer, "hidden_act", "gelu")

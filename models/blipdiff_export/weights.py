@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import ExportError
+from .paths import Boundary, check_relative_name
 
 # Searched in this order; the first name present wins. A folder holding both a safetensors and a
 # .bin file (as some hub repos do) is read from the safetensors file: it is not executable code.
@@ -32,19 +33,29 @@ _OLD_ATTENTION_RE = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_a
 LIST_LIMIT = 10
 
 
-def find_weight_files(folder: Path, component: str) -> list[Path]:
-    """The files holding `component`'s weights: one file, or every shard named by an index file."""
+def find_weight_files(folder: Path, component: str, boundary: Boundary | None = None) -> list[Path]:
+    """The files holding `component`'s weights: one file, or every shard named by an index file.
+
+    Every file must stay inside `boundary` (default: `folder`) after resolving symlinks, and shard
+    names must be relative without `..`; both are checked before any weight file is read.
+    """
+    boundary = boundary if boundary is not None else Boundary(folder)
     for name in SINGLE_FILES:
         if (folder / name).is_file():
+            boundary.check(folder / name, component)
             return [folder / name]
     for name in INDEX_FILES:
         index = folder / name
         if index.is_file():
+            boundary.check(index, component)
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                values = list(weight_map.values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ExportError(f"{component}: cannot read the shard index {index}: {e}") from e
-            shards = sorted(set(weight_map.values()))
+            shards = sorted(set(check_relative_name(v, f"{component}: shard name in {index}") for v in values))
+            for shard in shards:
+                boundary.check(folder / shard, f"{component}: shard {shard!r} of {index.name}")
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise ExportError(
@@ -81,10 +92,13 @@ def read_weight_file(path: Path, component: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def read_weights(folder: Path, component: str) -> dict[str, torch.Tensor]:
-    """All of `component`'s weights from `folder`, key-normalised (see `normalize_keys`)."""
+def read_weights(folder: Path, component: str, boundary: Boundary | None = None) -> dict[str, torch.Tensor]:
+    """All of `component`'s weights from `folder`, key-normalised (see `normalize_keys`).
+
+    `boundary`: the folder the files must stay in (the checkpoint's, see paths.py); default `folder`.
+    """
     state: dict[str, torch.Tensor] = {}
-    for path in find_weight_files(folder, component):
+    for path in find_weight_files(folder, component, boundary):
         part = read_weight_file(path, component)
         dup = sorted(set(part) & set(state))
         if dup:

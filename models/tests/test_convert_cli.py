@@ -36,7 +36,7 @@ def assert_no_leftovers(parent) -> None:
 def test_cli_in_a_fresh_process(fixture, exported, tmp_path):
     """The real entry point; also shows that the .pt files are byte-identical across processes.
 
-    A fixed, different hash seed: TorchScript output used to depend on it (see export._deterministic_scripting).
+    A fixed, different hash seed: TorchScript output used to depend on it (see blipdiff_export.reproducible).
     """
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "models"), "PYTHONHASHSEED": "12345"}

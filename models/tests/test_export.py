@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from blipdiff_export.export import convert, sha256_file
 from conftest import Fixture, assert_close
@@ -153,6 +154,7 @@ def test_manifest_content(fixture, exported):
         "text_hidden_size": text["hidden_size"],
         "cross_attention_dim": unet["cross_attention_dim"],
         "qformer_hidden_size": qformer["qformer_config"]["hidden_size"],
+        "qformer_max_text_length": qformer["qformer_config"]["max_position_embeddings"],
         "image_size": proc["size"]["height"],
         "image_mean": proc["image_mean"],
         "image_std": proc["image_std"],
@@ -190,6 +192,32 @@ def test_manifest_content(fixture, exported):
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["manifest.json", "qformer_tokenizer", "tokenizer", *(f"{n}.pt" for n in m["modules"])]
     )
+
+
+@pytest.mark.parametrize("positions", [40, None], ids=["set", "default"])
+def test_qformer_max_text_length(fixture, tmp_path, positions):
+    """The manifest's limit is the Q-Former's position table: a text that long runs, one id more cannot."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(fixture.ckpt, ckpt)
+    path = ckpt / "qformer" / "config.json"
+    config = json.loads(path.read_text())
+    config["qformer_config"].pop("max_position_embeddings")
+    if positions is not None:
+        config["qformer_config"]["max_position_embeddings"] = positions
+    path.write_text(json.dumps(config))
+    folder = convert(str(ckpt), tmp_path / "out", random_weights=True, log=None)
+    limit = manifest(folder)["config"]["qformer_max_text_length"]
+    assert limit == (positions if positions is not None else 512)  # transformers' Blip2QFormerConfig default
+    qformer = torch.jit.load(str(folder / "qformer.pt"))
+    pixels = fixture["pre.ref.pixel_values"]
+    with torch.no_grad():
+        for length in (limit, limit + 1):
+            ids = torch.full((1, length), 7, dtype=torch.long)
+            if length == limit:
+                assert qformer(pixels, ids, torch.ones_like(ids)).shape[0] == 1
+            else:
+                with pytest.raises(torch.jit.Error, match=f"more than its {limit} positions"):
+                    qformer(pixels, ids, torch.ones_like(ids))
 
 
 def test_controlnet_manifest(fixture, exported):

@@ -32,7 +32,7 @@ def scripted(fixture, tmp_path_factory):
 def case_inputs(fixture, case: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cases = fixture.json["cases"]["qformer"]["cases"]
     if case not in cases:
-        pytest.skip(f"{fixture.name} has no qformer case {case!r}")
+        pytest.fail(f"{fixture.name}: golden.json has no qformer case {case!r}; the fixture is incomplete")
     pixel_values = torch.cat([fixture[name] for name in cases[case]["image_input"]], dim=0)
     return pixel_values, fixture[f"qformer.{case}.input_ids"], fixture[f"qformer.{case}.attention_mask"]
 

@@ -1,10 +1,11 @@
 // blipdiff convert: runs the Python exporter (models/blipdiff_export) in the project venv.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import path from "node:path";
 import { Command } from "commander";
 import { packageRoot } from "../bindings/index.js";
-import { UsageError } from "./errors.js";
+import { EXIT, UsageError } from "./errors.js";
 
 interface ConvertFlags {
   out: string;
@@ -25,6 +26,48 @@ export class ChildExit extends Error {
   constructor(readonly code: number) {
     super(`the exporter exited with code ${code}`);
   }
+}
+
+/**
+ * Runs the exporter to its end and returns its exit code (128 + n when a signal n ended it).
+ *
+ * The child gets its own process group (POSIX), so a terminal's Ctrl-C reaches only this process;
+ * an abort forwards exactly one SIGINT, and the exporter removes its staging folder, prints
+ * `interrupted: nothing was written` and exits 130. If this process exits first (a second Ctrl-C,
+ * SIGTERM), the child gets SIGTERM; if it dies without running exit handlers
+ * (SIGKILL), the exporter's watchdog sees BLIPDIFF_PARENT_PID go away and stops itself.
+ */
+export function runExporter(python: string, args: string[], env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    if (signal.aborted) return resolve(EXIT.aborted); // interrupted before the exporter started: nothing to stop
+    const child = spawn(python, args, {
+      env: { ...env, BLIPDIFF_PARENT_PID: String(process.pid) },
+      stdio: ["ignore", "inherit", "inherit"],
+      // On Windows `detached` gives the child its own console window; there Ctrl-C goes to the console's processes.
+      detached: process.platform !== "win32",
+    });
+    const running = (): boolean => child.exitCode === null && child.signalCode === null;
+    const onAbort = (): void => {
+      if (running()) child.kill("SIGINT");
+    };
+    const onExit = (): void => {
+      if (running()) child.kill("SIGTERM");
+    };
+    const done = (): void => {
+      signal.removeEventListener("abort", onAbort);
+      process.off("exit", onExit);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    process.on("exit", onExit);
+    child.on("error", (err) => {
+      done();
+      reject(new Error(`cannot run ${python}: ${err.message}`));
+    });
+    child.on("close", (c, sig) => {
+      done();
+      resolve(c ?? (sig ? 128 + osConstants.signals[sig] : EXIT.error));
+    });
+  });
 }
 
 export function convertCommand(signal: AbortSignal): Command {
@@ -50,16 +93,7 @@ export function convertCommand(signal: AbortSignal): Command {
       if (f.force) args.push("--force");
       const models = path.join(packageRoot, "models");
       const env = { ...process.env, PYTHONPATH: process.env.PYTHONPATH ? `${models}${path.delimiter}${process.env.PYTHONPATH}` : models };
-      const code = await new Promise<number>((resolve, reject) => {
-        const child = spawn(python, args, { env, stdio: ["ignore", "inherit", "inherit"] });
-        const onAbort = (): void => void child.kill("SIGINT");
-        signal.addEventListener("abort", onAbort, { once: true });
-        child.on("error", (err) => reject(new Error(`cannot run ${python}: ${err.message}`)));
-        child.on("close", (c, sig) => {
-          signal.removeEventListener("abort", onAbort);
-          resolve(c ?? (sig === "SIGINT" ? 130 : 1));
-        });
-      });
+      const code = await runExporter(python, args, env, signal);
       if (code !== 0) throw new ChildExit(code);
     });
 }
