@@ -81,7 +81,8 @@ export async function main(argv: string[] = process.argv): Promise<number> {
       command = action.name();
     });
     await program.parseAsync(argv);
-    return interrupted ? EXIT.aborted : EXIT.ok;
+    // convert's exporter decides: a Ctrl-C during its final rename completes the export (exit 0).
+    return interrupted && command !== "convert" ? EXIT.aborted : EXIT.ok;
   } catch (err) {
     removePartialFiles();
     if (err instanceof ChildExit) return err.code;
