@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 namespace blipdiff {
@@ -82,6 +83,7 @@ void emit_test_warnings(const char* where) {
 void pause_for_test(const std::atomic<bool>& cancel, const char* checkpoint) {
   const char* at = std::getenv("BLIPDIFF_TEST_PAUSE_AT");
   if (!at || std::strcmp(at, checkpoint) != 0) return;
+  if (const char* marker = std::getenv("BLIPDIFF_TEST_PAUSE_MARKER")) std::ofstream(marker).put('\n');
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (!cancel.load() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));

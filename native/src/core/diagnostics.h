@@ -72,9 +72,10 @@ class ScopedWarningCapture {
 void emit_test_warnings(const char* where);
 
 // Test hook for cancellation: with BLIPDIFF_TEST_PAUSE_AT=<checkpoint>, a thread that reaches that
-// checkpoint (see check_cancel in core/errors.h) waits there until `cancel` is set (at most 30 s), so a
-// test can abort a call at a known place without depending on timing. The caller's own cancellation
-// check follows the wait: a checkpoint that did not check would let the call run on and succeed.
+// checkpoint (see check_cancel in core/errors.h) creates the file BLIPDIFF_TEST_PAUSE_MARKER (when set)
+// and waits there until `cancel` is set (at most 30 s), so a test can abort a call at a known place
+// without depending on timing. The caller's own cancellation check follows the wait: a checkpoint that
+// did not check would let the call run on and succeed.
 void pause_for_test(const std::atomic<bool>& cancel, const char* checkpoint);
 
 }  // namespace blipdiff

@@ -35,7 +35,7 @@ std::string trim(const std::string& s) {
 // "<Name>Error: " / "<Name>Exception: " line that starts a line after the tracebacks, with every line
 // after it (some messages span lines), joined on one line.
 std::string describe_torchscript(const std::string& text) {
-  const std::vector<std::string> lines = split_lines(text);
+  std::vector<std::string> lines = split_lines(text);
   static const std::regex kCause(R"(^([A-Za-z_][A-Za-z0-9_.]*(Error|Exception)): .*)");
   static const std::regex kFrame(R"re(^\s*File "([^"]+)", line (\d+), in (\S+))re");
   size_t cause = lines.size();
@@ -58,6 +58,8 @@ std::string describe_torchscript(const std::string& text) {
   }
   if (cause == lines.size()) return text;
   std::string message;
+  // TorchScript names Python's own exceptions "builtins.ValueError" and so on.
+  if (lines[cause].rfind("builtins.", 0) == 0) lines[cause].erase(0, std::string("builtins.").size());
   for (size_t i = cause; i < lines.size(); ++i) {
     const std::string line = trim(lines[i]);
     if (line.empty()) continue;
