@@ -39,7 +39,9 @@ void init_runtime_diagnostics() {
   static std::once_flag once;
   std::call_once(once, [] {
     at::globalContext().setUserEnabledNNPACK(false);
-    if (!debug_enabled()) FLAGS_caffe2_log_level = c10::GLOG_FATAL;
+    // FATAL (c10::GLOG_FATAL). This is the threshold of c10's own logger, which the official torch
+    // builds use; a libtorch built with glog (USE_GLOG=ON) has glog's minloglevel instead, not set here.
+    if (!debug_enabled()) FLAGS_caffe2_log_level = 3;
   });
 }
 
