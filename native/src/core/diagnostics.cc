@@ -48,7 +48,7 @@ void init_runtime_diagnostics() {
 void WarningCollector::add(const std::string& message) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!debug_enabled() && !seen_.insert(message).second) return;
-  if (messages_.size() < kMaxWarnings) {
+  if (messages_.size() < (debug_enabled() ? kMaxDebugWarnings : kMaxWarnings)) {
     messages_.push_back(message);
   } else {
     ++dropped_;

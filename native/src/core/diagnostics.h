@@ -38,12 +38,14 @@ void init_runtime_diagnostics();
 class WarningCollector {
  public:
   // Keeps the first occurrence of each message (every occurrence with BLIPDIFF_DEBUG=1). Bounded: past
-  // kMaxWarnings kept entries, further messages are counted in a final "... more" line.
+  // kMaxWarnings kept entries (kMaxDebugWarnings with BLIPDIFF_DEBUG=1) between two takes, further
+  // messages are counted in a final "... and N more libtorch warnings" entry.
   void add(const std::string& message);
   // The collected messages in order of arrival; empties the collector (and forgets what was seen).
   std::vector<std::string> take();
 
   static constexpr size_t kMaxWarnings = 100;
+  static constexpr size_t kMaxDebugWarnings = 100000;
 
  private:
   std::mutex mutex_;
