@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
                    last.timings.decode_ms);
     }
     // libtorch's warnings, collected by the pipeline instead of printed (gpu-check.sh shows them).
-    for (const std::string& w : pipeline.take_warnings()) std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
+    for (const std::string& w : pipeline.take_warnings())
+      std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
     if (!args["dump-image"].empty() && !last.images.empty()) {
       std::FILE* f = std::fopen(args["dump-image"].c_str(), "wb");
       if (!f || std::fwrite(last.images[0].data.data(), 1, last.images[0].data.size(), f) != last.images[0].data.size()) {

@@ -51,7 +51,8 @@ std::string describe_torchscript(const std::string& text) {
       const std::string file = m[1].str();
       const bool torch_internal = file.find("/torch/") != std::string::npos;
       if (in_original && !have_original) where.clear();
-      if (!torch_internal && (in_original || !have_original)) where = m[3].str() + ", " + file + ":" + m[2].str();
+      if (!torch_internal && (in_original || !have_original))
+        where = m[3].str() + ", " + file + ":" + m[2].str();
       have_original = have_original || in_original;
     }
     if (std::regex_match(lines[i], kCause)) cause = i;

@@ -59,7 +59,8 @@ bool all_finite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>()
 // Refuses NaN/Inf in an input tensor (Error code kNonFinite), naming the input and the likely cause.
 void require_finite(const at::Tensor& t, const std::string& name, const std::string& cause) {
   if (!all_finite(t)) {
-    throw Error(codes::kNonFinite, "Expected finite values for " + name + " but received NaN or Inf: " + cause);
+    throw Error(codes::kNonFinite,
+                "Expected finite values for " + name + " but received NaN or Inf: " + cause);
   }
 }
 
@@ -131,8 +132,9 @@ at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& 
   }
   check_cancel(cancel, "encoded");
   if (!all_finite(embeds)) {
-    throw Error(codes::kNonFinite, "the Q-Former produced a non-finite (NaN or Inf) subject embedding: " +
-                                       overflow_hint(dtype_, device_name_, "the subject picture or the model weights"));
+    throw Error(codes::kNonFinite,
+                "the Q-Former produced a non-finite (NaN or Inf) subject embedding: " +
+                    overflow_hint(dtype_, device_name_, "the subject picture or the model weights"));
   }
   return embeds;
 }
@@ -151,7 +153,8 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   require_finite(params.query_embeds, "queryEmbeds",
                  "the subject embedding is not finite; encode the subject again or check the embedding file");
   if (params.latents) require_finite(*params.latents, "latents", "the initial latents are not finite");
-  if (params.control_image) require_finite(*params.control_image, "controlImage", "the control image is not finite");
+  if (params.control_image)
+    require_finite(*params.control_image, "controlImage", "the control image is not finite");
   const auto start = Clock::now();
   const c10::Device device(device_name_);
   const at::ScalarType dtype = to_scalar_type(dtype_);

@@ -207,7 +207,8 @@ std::string Sha256::hex_digest() {
 }
 
 Sha256Stats sha256_stats() {
-  return {kCompress == counted_portable ? "portable" : "sha-ni", g_portable_bytes.load(), g_sha_ni_bytes.load()};
+  return {kCompress == counted_portable ? "portable" : "sha-ni", g_portable_bytes.load(),
+          g_sha_ni_bytes.load()};
 }
 
 std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel) {

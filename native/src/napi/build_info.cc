@@ -50,8 +50,9 @@ Napi::Value ExitNow(const Napi::CallbackInfo& info) {
   const Napi::Value arg = info[0];
   const double code = arg.IsNumber() ? arg.As<Napi::Number>().DoubleValue() : -1;
   if (!(code >= 0 && code <= 255 && code == std::floor(code))) {
-    throw Napi::RangeError::New(env, "Expected an integer in [0, 255] for code but received " +
-                                         (arg.IsNumber() ? std::to_string(code) : std::string("a non-number")));
+    throw Napi::RangeError::New(env,
+                                "Expected an integer in [0, 255] for code but received " +
+                                    (arg.IsNumber() ? std::to_string(code) : std::string("a non-number")));
   }
   std::_Exit(static_cast<int>(code));
 }

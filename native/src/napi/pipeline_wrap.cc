@@ -177,7 +177,8 @@ Napi::Value PipelineWrap::TakeWarnings(const Napi::CallbackInfo& info) {
   // Safe while a call runs: the collector has its own lock.
   const std::vector<std::string> warnings = pipeline_->take_warnings();
   Napi::Array out = Napi::Array::New(info.Env(), warnings.size());
-  for (size_t i = 0; i < warnings.size(); ++i) out.Set(static_cast<uint32_t>(i), Napi::String::New(info.Env(), warnings[i]));
+  for (size_t i = 0; i < warnings.size(); ++i)
+    out.Set(static_cast<uint32_t>(i), Napi::String::New(info.Env(), warnings[i]));
   return out;
 }
 
