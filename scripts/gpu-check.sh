@@ -48,6 +48,14 @@ run() {  # name, then blipdiff_bench arguments
   else
     log "$name FAILED: $(tail -1 "$OUT/$name.log")"
   fi
+  # The stderr policy (native/src/core/diagnostics.h): libtorch's own log lines ("[W... file.cpp:N] ...")
+  # must not appear; its TORCH_WARN warnings are collected and listed by the harness instead.
+  if grep -qE '^\[[WEI][0-9]{4} ' "$OUT/$name.log"; then
+    log "$name: libtorch wrote to stderr directly: $(grep -E '^\[[WEI][0-9]{4} ' "$OUT/$name.log" | sort | uniq -c | head -3)"
+  fi
+  if grep -q '^libtorch warning: ' "$OUT/$name.log"; then
+    log "$name: $(grep '^libtorch warning: ' "$OUT/$name.log" | head -3)"
+  fi
 }
 
 dev=cuda; [ "${GPU_CHECK_CPU_ONLY:-0}" = 1 ] && dev=cpu

@@ -17,6 +17,7 @@
 #include <map>
 #include <string>
 
+#include "core/diagnostics.h"
 #include "core/errors.h"
 #include "core/model.h"
 #include "core/pipeline.h"
@@ -33,6 +34,7 @@ double ms_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  blipdiff::init_runtime_diagnostics();  // stderr carries only the harness's lines (core/diagnostics.h)
   std::map<std::string, std::string> args = {
       {"device", "cpu"}, {"dtype", "float32"}, {"width", "512"}, {"height", "512"}, {"steps", "25"},
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
@@ -141,6 +143,9 @@ int main(int argc, char** argv) {
                    static_cast<long long>(r), ms, last.timings.text_ms, last.timings.denoise_ms,
                    last.timings.decode_ms);
     }
+    // libtorch's warnings, collected by the pipeline instead of printed (gpu-check.sh shows them).
+    for (const std::string& w : pipeline.take_warnings())
+      std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
     if (!args["dump-image"].empty() && !last.images.empty()) {
       std::FILE* f = std::fopen(args["dump-image"].c_str(), "wb");
       if (!f || std::fwrite(last.images[0].data.data(), 1, last.images[0].data.size(), f) != last.images[0].data.size()) {

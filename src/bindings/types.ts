@@ -77,8 +77,12 @@ export interface NativeProgress {
   phase: "text" | "denoise" | "decode";
   /** Image index, 0-based. */
   image: number;
-  /** 1-based step within the phase. */
+  /**
+   * 1-based step within the phase. For "denoise", one event per step asked for (`steps`), sent when the
+   * step is done: PNDM's first step runs the UNet twice and reports once.
+   */
   step: number;
+  /** For "denoise": the `steps` asked for (not the number of UNet calls). */
   total: number;
 }
 
@@ -93,19 +97,49 @@ export interface NativeGenerateResult {
   images: NativeImage[];
   seeds: number[];
   timings: NativeTimings;
-  /** With recordSteps: latents after each scheduler step, image 0. */
+  /** With recordSteps: latents after each UNet call (one per scheduler timestep: steps + 1 for PNDM), image 0. */
   stepLatents?: NativeTensor[];
   /** With recordSteps: latents / scaling factor as given to the VAE decoder, image 0. */
   vaeInput?: NativeTensor;
 }
 
+/**
+ * `code` of the Errors the native calls reject with (besides Node's ERR_INVALID_ARG_TYPE/VALUE for
+ * TypeError/RangeError): ERR_BLIPDIFF_NONFINITE is a NaN/Inf input (queryEmbeds, latents, controlImage) or
+ * non-finite latents after denoising (found before decoding; the message names the likely cause).
+ */
+export type NativeErrorCode =
+  | "ERR_BLIPDIFF_INVALID_ARG"
+  | "ERR_BLIPDIFF_CHECKSUM"
+  | "ERR_BLIPDIFF_DEVICE"
+  | "ERR_BLIPDIFF_MODEL"
+  | "ERR_BLIPDIFF_NOT_LOADED"
+  | "ERR_BLIPDIFF_RUNTIME"
+  | "ERR_BLIPDIFF_NONFINITE"
+  | "ERR_BLIPDIFF_DISPOSED"
+  | "ABORT_ERR";
+
 export interface NativePipeline {
+  /** Rejects with ABORT_ERR when abort() is called while it runs; what was loaded before stays loaded. */
   load(spec: NativeModelSpec, options: NativeLoadOptions): Promise<void>;
-  /** pixels [B,3,S,S] normalized; ids/mask [B,T] (row-major). Returns [B,Q,D]. */
+  /**
+   * pixels [B,3,S,S] normalized; ids/mask [B,T] (row-major). Returns [B,Q,D]. Errors raised inside the
+   * TorchScript module give their root cause first ("... RuntimeError: <cause> (in TorchScript: fn, file:line)").
+   */
   encodeSubject(pixels: NativeTensor, ids: Int32Array, mask: Int32Array, shape: [number, number]): Promise<NativeTensor>;
   generate(params: NativeGenerateParams, onProgress?: (p: NativeProgress) => void): Promise<NativeGenerateResult>;
-  /** Cancels the running generate() between steps; it rejects with an Error whose `code` is "ABORT_ERR". */
+  /**
+   * Cancels every running call: generate() between steps, load() between checksum chunks (1 MiB) and
+   * between modules, encodeSubject() before or after its Q-Former call. Each rejects with an Error whose
+   * `code` is "ABORT_ERR" (name "AbortError").
+   */
   abort(): void;
+  /**
+   * Drains the libtorch warnings (TORCH_WARN) this pipeline's calls raised since the last call, in order:
+   * the first occurrence of each message, or every occurrence with BLIPDIFF_DEBUG=1. libtorch never writes
+   * them to stderr itself (native/src/core/diagnostics.h); show them once on the warning channel.
+   */
+  takeWarnings(): string[];
   /** Idempotent; waits for a running call, then frees the modules. */
   dispose(): Promise<void>;
   readonly loaded: boolean;
@@ -128,6 +162,17 @@ export interface NativeBuildInfo {
   cudaDeviceCount: number;
   devices: string[];
   numThreads: number;
+  /** Whether libtorch may use NNPACK; always false: it is disabled when the addon loads (native/src/core/diagnostics.h). */
+  nnpackEnabled: boolean;
+}
+
+/** The SHA-256 used to verify module files (native/src/core/sha256.cc). */
+export interface NativeSha256Stats {
+  /** Picked once per process; BLIPDIFF_SHA256_PORTABLE=1 forces "portable". */
+  implementation: "sha-ni" | "portable";
+  /** Bytes compressed by each implementation in this process so far. */
+  portableBytes: number;
+  shaNiBytes: number;
 }
 
 /** Counters of the caching CPU allocator (native/src/core/cpu_allocator.cc); zeros when it is off. */
@@ -145,6 +190,11 @@ export interface NativeAddon {
   Scheduler: new (kind: NativeSchedulerKind, config: Record<string, unknown>) => NativeScheduler;
   buildInfo(): NativeBuildInfo;
   memoryStats(): NativeMemoryStats;
-  /** Ends the process at once with `code` (_exit: no thread joins, no exit handlers). */
-  exitNow?(code: number): never;
+  sha256Stats(): NativeSha256Stats;
+  /**
+   * Ends the process at once with `code` (an integer in [0, 255]) via _Exit: no 'exit' handlers, no flushing,
+   * and no joining of libuv pool threads (process.exit() waits for a running native step or model load).
+   * Remove partial files first.
+   */
+  exitNow(code: number): never;
 }

@@ -52,7 +52,7 @@ const GRACE_MS = 5_000;
 function exitAtOnce(code: number): never {
   removePartialFiles();
   const addon = loadedAddon();
-  if (addon && typeof addon.exitNow === "function") addon.exitNow(code);
+  if (addon) addon.exitNow(code);
   process.exit(code);
 }
 

@@ -141,8 +141,7 @@ function asArray<T>(v: T | T[]): T[] {
 
 /** Drains the warnings libtorch raised during the native call that just ended (c10 handler in native/core). */
 function takeNativeWarnings(native: NativePipeline): string[] {
-  const take = (native as { takeWarnings?: () => string[] }).takeWarnings;
-  return typeof take === "function" ? take.call(native) : [];
+  return native.takeWarnings();
 }
 
 /** Runs a native call with `signal` wired to the pipeline's abort(); an abort rejects with an AbortError. */

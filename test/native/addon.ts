@@ -5,9 +5,13 @@ import path from "node:path";
 import type { NativeAddon, NativeModelSpec, NativeTensor } from "../../src/bindings/types.js";
 import { Fixture, repoRoot } from "../helpers/fixtures.js";
 
-export const addonPath = path.join(repoRoot, "native", "build", "Release", "blipdiff.node");
+/** The addon under test: BLIPDIFF_ADDON (as src/bindings), else native/build/Release/blipdiff.node. */
+export const addonPath = process.env.BLIPDIFF_ADDON
+  ? path.resolve(process.env.BLIPDIFF_ADDON)
+  : path.join(repoRoot, "native", "build", "Release", "blipdiff.node");
 
 let cached: NativeAddon | undefined;
+/** Loads the addon; a missing or unloadable addon throws, failing the test (never a skip). */
 export function addon(): NativeAddon {
   cached ??= createRequire(import.meta.url)(addonPath) as NativeAddon;
   return cached;

@@ -1,5 +1,6 @@
 // The native pipeline through the addon against the pipe.* and qformer.* goldens, plus its behaviour
-// (event loop, abort, dispose) and bad-input errors. Needs the exported tiny models (test/global-setup.ts).
+// (event loop, progress, abort of generate/load/encodeSubject, dispose), bad-input and non-finite errors,
+// and error messages from inside TorchScript. Needs the exported tiny models (test/global-setup.ts).
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -14,6 +15,33 @@ function padIds(f: ReturnType<typeof fixture>, text: string, length: number): In
   const out = new Int32Array(length).fill(check.ids[check.ids.length - 1]);
   out.set(check.ids);
   return out;
+}
+
+/**
+ * Runs `start()` with the test hook BLIPDIFF_TEST_PAUSE_AT=<checkpoint> (native/src/core/diagnostics.h):
+ * waits until the native call is held at that checkpoint (its marker file appears), aborts it, and returns
+ * how the call settled. The hook only holds the call; the abort must be noticed by the call's own check.
+ */
+async function abortAt<T>(checkpoint: string, pipe: NativePipeline, start: () => Promise<T>): Promise<unknown> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "blipdiff-pause-"));
+  const marker = path.join(dir, "paused");
+  process.env.BLIPDIFF_TEST_PAUSE_AT = checkpoint;
+  process.env.BLIPDIFF_TEST_PAUSE_MARKER = marker;
+  try {
+    const settled = start().then(
+      () => "resolved",
+      (e: unknown) => e,
+    );
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(marker) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(existsSync(marker), `the call never reached checkpoint ${checkpoint}`).toBe(true);
+    pipe.abort();
+    return await settled;
+  } finally {
+    delete process.env.BLIPDIFF_TEST_PAUSE_AT;
+    delete process.env.BLIPDIFF_TEST_PAUSE_MARKER;
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 function u8Report(a: Uint8Array, b: Uint8Array): { maxOff: number; offFraction: number } {
@@ -115,14 +143,15 @@ for (const name of fixtureNames()) {
         console.error(`[${name}] ${caseName}: latents max ${max.toExponential(2)}, vae_in max ${vae.max.toExponential(2)}, u8 max off ${u8.maxOff} on ${(u8.offFraction * 100).toFixed(3)}%`);
         expect(u8.maxOff).toBeLessThanOrEqual(1);
         expect(u8.offFraction).toBeLessThanOrEqual(0.01);
-        // progress: text (1 or 2), then one per denoising step, then decode, in order.
+        // progress: text (1 or 2), then one per denoising step asked for (PNDM's first step makes two UNet
+        // calls and reports once), then decode, in order.
         const textCalls = caseName === "cfg" ? 2 : 1;
-        expect(progress.map((p) => p.phase)).toEqual([
-          ...Array(textCalls).fill("text"),
-          ...Array(timesteps.length).fill("denoise"),
-          "decode",
-        ]);
-        expect(progress.filter((p) => p.phase === "denoise").map((p) => p.step)).toEqual(timesteps.map((_, i) => i + 1));
+        const steps: number = cases[caseName].call_kwargs.num_inference_steps;
+        expect(timesteps.length).toBe(steps + 1);
+        expect(progress.map((p) => p.phase)).toEqual([...Array(textCalls).fill("text"), ...Array(steps).fill("denoise"), "decode"]);
+        const denoise = progress.filter((p) => p.phase === "denoise");
+        expect(denoise.map((p) => p.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
+        expect(denoise.every((p) => p.total === steps)).toBe(true);
         expect(res.seeds).toEqual([cfgCase.latents_seed]);
       });
     }
@@ -134,6 +163,24 @@ for (const name of fixtureNames()) {
       const two = await pipe.generate(params("cfg", { latents: undefined, recordSteps: false, numImages: 2, seed: cfgCase.latents_seed - 1 }));
       expect(two.seeds).toEqual([cfgCase.latents_seed - 1, cfgCase.latents_seed]);
       expect(Buffer.from(two.images[1].data).equals(Buffer.from(explicit.images[0].data))).toBe(true);
+    });
+
+    it("progress counts the steps asked for: PNDM with 3 steps reads 1/3, 2/3, 3/3 (4 UNet calls)", async () => {
+      for (const scheduler of ["pndm", "ddim", "dpmpp-2m"] as const) {
+        const progress: NativeProgress[] = [];
+        const res = await pipe.generate(params("nocfg", { steps: 3, scheduler }), (p) => progress.push(p));
+        const denoise = progress.filter((p) => p.phase === "denoise");
+        expect(denoise.map((p) => [p.step, p.total]), scheduler).toEqual([
+          [1, 3],
+          [2, 3],
+          [3, 3],
+        ]);
+        // stepLatents stay one per UNet call.
+        expect(res.stepLatents!.length, scheduler).toBe(scheduler === "pndm" ? 4 : 3);
+      }
+      const one: NativeProgress[] = [];
+      await pipe.generate(params("nocfg", { steps: 1, recordSteps: false }), (p) => one.push(p));
+      expect(one.filter((p) => p.phase === "denoise").map((p) => [p.step, p.total])).toEqual([[1, 1]]);
     });
 
     it("a throwing progress callback does not break generate", async () => {
@@ -168,6 +215,100 @@ for (const name of fixtureNames()) {
       expect(res.images.length).toBe(1);
     });
 
+    it("abort() cancels a running load: between checksum chunks, between modules, and right away", async () => {
+      const copy = mkdtempSync(path.join(os.tmpdir(), "blipdiff-abort-load-"));
+      try {
+        cpSync(f.model(), copy, { recursive: true });
+        rmSync(path.join(copy, ".blipdiff-verified"), { force: true }); // every file gets hashed
+        const spec = specOf(copy);
+        const p = new (addon().Pipeline)();
+        const hashing = await abortAt("checksum", p, () => p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true }));
+        expect(hashing).toMatchObject({ code: "ABORT_ERR", name: "AbortError" });
+        expect(p.loaded).toBe(false);
+        expect(existsSync(path.join(copy, ".blipdiff-verified"))).toBe(false); // nothing hashed to the end
+        const modules = await abortAt("module", p, () => p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: false }));
+        expect(modules).toMatchObject({ code: "ABORT_ERR" });
+        expect(p.loaded).toBe(false);
+        await expect(p.generate(params("nocfg"))).rejects.toMatchObject({ code: "ERR_BLIPDIFF_NOT_LOADED" });
+        const now = p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true });
+        p.abort();
+        await expect(now).rejects.toMatchObject({ code: "ABORT_ERR" });
+        expect(p.loaded).toBe(false);
+
+        // Usable afterwards; an aborted reload keeps the models loaded before.
+        await p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true });
+        expect(p.loaded).toBe(true);
+        const reload = await abortAt("module", p, () => p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: false }));
+        expect(reload).toMatchObject({ code: "ABORT_ERR" });
+        expect(p.loaded).toBe(true);
+        const res = await p.generate(params("nocfg", { recordSteps: false }));
+        expect(res.images.length).toBe(1);
+        await p.dispose();
+      } finally {
+        rmSync(copy, { recursive: true, force: true });
+      }
+    });
+
+    it("abort() cancels a running encodeSubject", async () => {
+      const pixels = nt(f, "pre.ref.pixel_values");
+      const idsT = f.tensor("qformer.dog.input_ids");
+      const call = () => pipe.encodeSubject(pixels, ids(f, "qformer.dog.input_ids"), ids(f, "qformer.dog.attention_mask"), [idsT.shape[0], idsT.shape[1]]);
+      expect(await abortAt("encode", pipe, call)).toMatchObject({ code: "ABORT_ERR", name: "AbortError" });
+      const now = call();
+      pipe.abort();
+      await expect(now).rejects.toMatchObject({ code: "ABORT_ERR" });
+      expect((await call()).shape).toEqual(f.tensor("qformer.dog.query_embeds").shape);
+    });
+
+    it("an error inside TorchScript leads with its root cause, not the interpreter's header", async () => {
+      const pixels = nt(f, "pre.ref.pixel_values");
+      const encodeIds = async (tokens: Int32Array): Promise<Error & { code?: string }> =>
+        (await pipe
+          .encodeSubject(pixels, tokens, new Int32Array(tokens.length).fill(1), [1, tokens.length])
+          .catch((e: unknown) => e)) as Error & { code?: string };
+      // A subject text longer than the Q-Former's position table (the model's own check, a ValueError in
+      // TorchScript), and a token id past the vocabulary (a RuntimeError from the embedding lookup).
+      const cases: Array<[Int32Array, RegExp]> = [
+        [new Int32Array(600).fill(4), /: ValueError: Q-Former text has 600 tokens/],
+        [Int32Array.from([4, 1_000_000, 5]), /: RuntimeError: index out of range/],
+      ];
+      for (const [tokens, cause] of cases) {
+        const err = await encodeIds(tokens);
+        expect(err).toBeInstanceOf(Error);
+        const first = err.message.split("\n")[0];
+        expect(first).toMatch(/^while encoding the subject with the Q-Former: /);
+        expect(first).toMatch(cause);
+        expect(first).toMatch(/ \(in TorchScript: \w+, .+:\d+\)$/);
+        expect(err.message).not.toContain("The following operation failed in the TorchScript interpreter");
+        expect(err.message).not.toContain("Traceback of TorchScript");
+        expect(err.code).toBe("ERR_BLIPDIFF_RUNTIME");
+      }
+    });
+
+    it("refuses non-finite inputs and stops non-finite latents before decoding (ERR_BLIPDIFF_NONFINITE)", async () => {
+      const q = nt(f, "pipe.cfg.query_embeds");
+      const nanEmbeds = { data: Float32Array.from(q.data), shape: q.shape };
+      nanEmbeds.data[1] = Number.NaN;
+      const embedErr = await pipe.generate(params("cfg", { queryEmbeds: nanEmbeds })).catch((e: unknown) => e);
+      expect(embedErr).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+      expect((embedErr as Error).message).toMatch(/queryEmbeds.*subject embedding/);
+
+      const l = nt(f, "pipe.latents");
+      const infLatents = { data: Float32Array.from(l.data), shape: l.shape };
+      infLatents.data[0] = Number.POSITIVE_INFINITY;
+      const latentErr = await pipe.generate(params("cfg", { latents: infLatents })).catch((e: unknown) => e);
+      expect(latentErr).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+      expect((latentErr as Error).message).toMatch(/latents/);
+
+      // Finite inputs whose guidance overflows float32 during denoising: caught before the VAE runs.
+      const progress: NativeProgress[] = [];
+      const overflow = await pipe.generate(params("cfg", { guidance: 1e30 }), (p) => progress.push(p)).catch((e: unknown) => e);
+      expect(overflow).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+      expect((overflow as Error).message).toMatch(/non-finite .* during denoising and were not decoded: likely/);
+      expect(progress.some((p) => p.phase === "decode")).toBe(false);
+      expect(progress.filter((p) => p.phase === "denoise").length).toBe(cfgCase.num_inference_steps);
+    });
+
     it("rejects bad inputs with clear errors", async () => {
       await expect(pipe.generate(params("cfg", { condIds: new Int32Array(10) }))).rejects.toThrow(/condIds/);
       await expect(pipe.generate(params("cfg", { uncondIds: new Int32Array(10) }))).rejects.toThrow(/uncondIds/);
@@ -192,7 +333,12 @@ for (const name of fixtureNames()) {
       const p = new (addon().Pipeline)();
       await expect(p.load(spec, { device: "gpu", dtype: "float32", verifyChecksums: true })).rejects.toThrow(/device/);
       await expect(p.load(spec, { device: "cpu", dtype: "float16", verifyChecksums: true })).rejects.toThrow(/float16 is only supported on CUDA/);
-      if (!addon().buildInfo().cudaAvailable) {
+      // A CUDA device this machine does not have: any CUDA on a CPU machine, one index past the last otherwise.
+      const info = addon().buildInfo();
+      if (info.cudaAvailable) {
+        const missing = `cuda:${info.cudaDeviceCount}`;
+        await expect(p.load(spec, { device: missing, dtype: "float32", verifyChecksums: true })).rejects.toThrow(/does not exist/);
+      } else {
         await expect(p.load(spec, { device: "cuda", dtype: "float32", verifyChecksums: true })).rejects.toThrow(/--device cpu/);
       }
       const dir = mkdtempSync(path.join(os.tmpdir(), "blipdiff-bad-"));
@@ -247,10 +393,11 @@ for (const name of fixtureNames()) {
   });
 
   const cn = fixture(name);
-  // Only a fixture without a ControlNet checkpoint has no cn case.
-  describe.skipIf(!existsSync(path.join(cn.dir, "ckpt-controlnet")))(`controlnet (${name})`, () => {
+  // Every fixture has a ControlNet checkpoint and a cn case (shared/fixtures/README.md); a missing one fails.
+  describe(`controlnet (${name})`, () => {
     it("cn: per-step latents and image match pipe.cn.*", async () => {
       const f = cn;
+      expect(existsSync(path.join(cn.dir, "ckpt-controlnet")), `${cn.dir}/ckpt-controlnet`).toBe(true);
       const spec = specOf(f.model("ckpt-controlnet"));
       const p = new (addon().Pipeline)();
       await p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true });
@@ -269,6 +416,12 @@ for (const name of fixtureNames()) {
         console.error(`[${name}] cn: latents max ${max.toExponential(2)}, u8 max off ${u8.maxOff} on ${(u8.offFraction * 100).toFixed(3)}%`);
         expect(u8.maxOff).toBeLessThanOrEqual(1);
         expect(u8.offFraction).toBeLessThanOrEqual(0.01);
+
+        const nanControl = { data: Float32Array.from(controlImage.data), shape: controlImage.shape };
+        nanControl.data[7] = Number.NaN;
+        const err = await p.generate(caseParams(f, "cn", { controlImage: nanControl })).catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+        expect((err as Error).message).toMatch(/controlImage/);
       } finally {
         await p.dispose();
       }

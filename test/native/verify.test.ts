@@ -1,7 +1,7 @@
 // Checksum verification of the module files: a record of successful checks spares later loads the
 // hashing, and any change to a file (here: one byte, same size) is still caught.
 import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,6 +10,11 @@ import { addon, addonPath, fixture, specOf } from "./addon.js";
 
 const RECORD = ".blipdiff-verified";
 const opts = { device: "cpu", dtype: "float32", verifyChecksums: true } as const;
+
+/** Total size of the module files a spec names (what a full verification hashes). */
+function moduleBytes(dir: string): number {
+  return Object.values(specOf(dir).modules).reduce((sum, m) => sum + statSync(m.path).size, 0);
+}
 
 for (const name of fixtureNames()) {
   describe(`module checksums (${name})`, () => {
@@ -23,8 +28,15 @@ for (const name of fixtureNames()) {
 
     it("records each verified file, and a later change to a file is caught", async () => {
       const p = new (addon().Pipeline)();
+      const before = addon().sha256Stats();
       await p.load(specOf(dir), opts);
       await p.dispose();
+      // Every byte went through the implementation this process picked, and none through the other one.
+      const stats = addon().sha256Stats();
+      const [used, other] = before.implementation === "portable" ? (["portableBytes", "shaNiBytes"] as const) : (["shaNiBytes", "portableBytes"] as const);
+      expect(stats.implementation).toBe(before.implementation);
+      expect(stats[used] - before[used]).toBeGreaterThanOrEqual(moduleBytes(dir));
+      expect(stats[other]).toBe(before[other]);
       const lines = readFileSync(path.join(dir, RECORD), "utf8").trim().split("\n");
       expect(lines[0]).toBe("blipdiff-verified 1");
       const manifest = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8"));
@@ -55,7 +67,8 @@ for (const name of fixtureNames()) {
           const a = require(${JSON.stringify(addonPath)});
           const spec = JSON.parse(process.argv[1]);
           new a.Pipeline().load(spec, { device: "cpu", dtype: "float32", verifyChecksums: true })
-            .then(() => process.exit(0), (e) => { console.error(e.message); process.exit(1); });`;
+            .then(() => { process.stdout.write(JSON.stringify(a.sha256Stats())); process.exit(0); },
+                  (e) => { console.error(e.message); process.exit(1); });`;
         const r = spawnSync(process.execPath, ["-e", script, JSON.stringify(specOf(fresh))], {
           cwd: repoRoot,
           encoding: "utf8",
@@ -64,6 +77,12 @@ for (const name of fixtureNames()) {
         expect(r.stderr).toBe("");
         expect(r.status).toBe(0);
         expect(existsSync(path.join(fresh, RECORD))).toBe(true);
+        // The portable rounds hashed every module byte (the load verified them against the manifest), and
+        // the SHA extensions none: this holds whether or not this CPU has them.
+        const stats = JSON.parse(r.stdout) as { implementation: string; portableBytes: number; shaNiBytes: number };
+        expect(stats.implementation).toBe("portable");
+        expect(stats.portableBytes).toBeGreaterThanOrEqual(moduleBytes(fresh));
+        expect(stats.shaNiBytes).toBe(0);
       } finally {
         rmSync(fresh, { recursive: true, force: true });
       }

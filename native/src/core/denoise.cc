@@ -19,14 +19,16 @@ at::Tensor first_tensor(const c10::IValue& value) {
 at::Tensor denoise(LoadedModels& models, Scheduler& scheduler, const DenoiseInputs& in, const ProgressFn& progress,
                    const std::atomic<bool>& cancel, std::vector<at::Tensor>* record) {
   const std::vector<int64_t> timesteps = scheduler.timesteps();
-  const int64_t total = static_cast<int64_t>(timesteps.size());
+  const int64_t calls = static_cast<int64_t>(timesteps.size());
+  const int64_t total = scheduler.num_inference_steps();
   const std::string of_total = std::string("/").append(std::to_string(total));
   const c10::Device device = in.latents.device();
   at::Tensor latents = in.latents;
-  for (int64_t i = 0; i < total; ++i) {
+  for (int64_t i = 0; i < calls; ++i) {
     if (cancel.load()) throw AbortError();
     const int64_t t = timesteps[size_t(i)];
-    const std::string step_name = std::string(" step ").append(std::to_string(i + 1)).append(of_total);
+    const int64_t step = scheduler.step_of_call(i);
+    const std::string step_name = std::string(" step ").append(std::to_string(step)).append(of_total);
     at::Tensor model_in = in.cfg ? at::cat({latents, latents}, 0) : latents;
     model_in = scheduler.scale_model_input(model_in, t).to(in.dtype);
     const at::Tensor timestep = at::scalar_tensor(t, at::TensorOptions().dtype(at::kLong).device(device));
@@ -61,7 +63,8 @@ at::Tensor denoise(LoadedModels& models, Scheduler& scheduler, const DenoiseInpu
       rethrow_with_context("while running the scheduler" + step_name);
     }
     if (record) record->push_back(latents.to(at::kCPU, at::kFloat, false, true));
-    if (progress) progress({Phase::kDenoise, in.image, i + 1, total});
+    const bool last_of_step = i + 1 == calls || scheduler.step_of_call(i + 1) != step;
+    if (progress && last_of_step) progress({Phase::kDenoise, in.image, step, total});
   }
   return latents;
 }

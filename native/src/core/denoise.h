@@ -23,7 +23,9 @@ struct DenoiseInputs {
 };
 
 // Runs every scheduler timestep; returns the final latents (float32, device). With `record`, appends
-// the latents after each step (float32, CPU).
+// the latents after each model evaluation (float32, CPU; one per scheduler timestep). Progress reports
+// the steps asked for: one event per step, {step, total = scheduler.num_inference_steps()}, sent after
+// the step's last model evaluation (PNDM's first step has two).
 at::Tensor denoise(LoadedModels& models, Scheduler& scheduler, const DenoiseInputs& in, const ProgressFn& progress,
                    const std::atomic<bool>& cancel, std::vector<at::Tensor>* record);
 

@@ -1,6 +1,7 @@
 // Error types of the core. The N-API layer maps `code()` onto the JS Error's `code` property.
 #pragma once
 
+#include <atomic>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,7 @@ inline constexpr const char* kDevice = "ERR_BLIPDIFF_DEVICE";
 inline constexpr const char* kModel = "ERR_BLIPDIFF_MODEL";
 inline constexpr const char* kNotLoaded = "ERR_BLIPDIFF_NOT_LOADED";
 inline constexpr const char* kRuntime = "ERR_BLIPDIFF_RUNTIME";
+inline constexpr const char* kNonFinite = "ERR_BLIPDIFF_NONFINITE";
 inline constexpr const char* kAbort = "ABORT_ERR";
 }  // namespace codes
 
@@ -38,7 +40,14 @@ class AbortError : public Error {
   AbortError() : Error(codes::kAbort, "The operation was aborted") {}
 };
 
-// The message of any exception without c10's backtrace (c10::Error::what() appends one).
+// Throws AbortError when `cancel` is set (a null `cancel` never aborts). `checkpoint` names the place
+// ("checksum", "module", ...) for the test hook BLIPDIFF_TEST_PAUSE_AT (core/diagnostics.h).
+void check_cancel(const std::atomic<bool>* cancel, const char* checkpoint);
+
+// The message of any exception without c10's backtrace (c10::Error::what() appends one). For an error
+// raised inside TorchScript ("The following operation failed in the TorchScript interpreter." followed by
+// two tracebacks), the root cause comes first, on one line, then where it happened:
+// "<innermost error message> (in TorchScript: <innermost frame of the serialized code>)".
 std::string describe(const std::exception& e);
 
 // Rethrows the exception being handled as an Error whose message starts with `context`

@@ -125,14 +125,21 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
   }
 }
 
-LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device) {
+LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device,
+                         const std::atomic<bool>* cancel) {
   spec.validate();
   check_dtype_for_device(options.dtype, device);
   if (device.is_cpu()) configure_cpu_runtime_once();
+  check_cancel(cancel, "start");
+  auto load = [&](const ModuleFile& file, const char* what) {
+    check_cancel(cancel, "module");
+    return load_module(file, what, options, device);
+  };
   if (options.subject_only) {
-    if (options.verify_checksums) verify_files({{"qformer", spec.qformer}});
+    if (options.verify_checksums) verify_files({{"qformer", spec.qformer}}, cancel);
     LoadedModels models;
-    models.qformer = load_module(spec.qformer, "qformer", options, device);
+    models.qformer = load(spec.qformer, "qformer");
+    check_cancel(cancel, "end");
     return models;
   }
   if (options.verify_checksums) {
@@ -140,17 +147,16 @@ LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, cons
                                     {"unet", spec.unet},               {"vae_decoder", spec.vae_decoder},
                                     {"vae_encoder", spec.vae_encoder}};
     if (spec.controlnet) files.push_back({"controlnet", *spec.controlnet});
-    verify_files(files);
+    verify_files(files, cancel);
   }
-  LoadedModels models{
-      load_module(spec.qformer, "qformer", options, device),
-      load_module(spec.text_encoder, "text_encoder", options, device),
-      load_module(spec.unet, "unet", options, device),
-      load_module(spec.vae_decoder, "vae_decoder", options, device),
-      load_module(spec.vae_encoder, "vae_encoder", options, device),
-      std::nullopt,
-  };
+  LoadedModels models;
+  models.qformer = load(spec.qformer, "qformer");
+  models.text_encoder = load(spec.text_encoder, "text_encoder");
+  models.unet = load(spec.unet, "unet");
+  models.vae_decoder = load(spec.vae_decoder, "vae_decoder");
+  models.vae_encoder = load(spec.vae_encoder, "vae_encoder");
   // The ControlNet (1.4 GB at full size) is loaded on first use: Pipeline::generate with a control image.
+  check_cancel(cancel, "end");
   return models;
 }
 

@@ -4,6 +4,7 @@
 
 #include <torch/script.h>
 
+#include <atomic>
 #include <optional>
 #include <string>
 
@@ -35,7 +36,9 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
 
 // Verifies checksums (when asked; the ControlNet's too), loads each module except the ControlNet (loaded on
 // first use; with options.subject_only, only the Q-Former) onto `device`, casts floating parameters and
-// buffers to `dtype`, switches to eval mode. Errors name the module and file.
-LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device);
+// buffers to `dtype`, switches to eval mode. Errors name the module and file. Throws AbortError when
+// `cancel` is set: checked after every hashed 1 MiB chunk and before each module (checkpoint "module").
+LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device,
+                         const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace blipdiff

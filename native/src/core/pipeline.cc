@@ -10,6 +10,7 @@
 
 #include "core/cpu_allocator.h"
 #include "core/denoise.h"
+#include "core/diagnostics.h"
 #include "core/errors.h"
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
@@ -53,6 +54,25 @@ Image to_image(const at::Tensor& decoded) {
   return image;
 }
 
+bool all_finite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>(); }
+
+// Refuses NaN/Inf in an input tensor (Error code kNonFinite), naming the input and the likely cause.
+void require_finite(const at::Tensor& t, const std::string& name, const std::string& cause) {
+  if (!all_finite(t)) {
+    throw Error(codes::kNonFinite,
+                "Expected finite values for " + name + " but received NaN or Inf: " + cause);
+  }
+}
+
+// The likely cause of non-finite values computed from finite inputs. float16 (on CUDA) overflows at
+// 65504; bfloat16 has float32's range, so there the cause is the same as in float32.
+std::string overflow_hint(DType dtype, const std::string& device, const std::string& float32_cause) {
+  if (dtype == DType::kFloat16) {
+    return "likely a float16 overflow on " + device + "; try `--dtype bfloat16` or `--dtype float32`";
+  }
+  return "likely caused by " + float32_cause;
+}
+
 }  // namespace
 
 Pipeline::Pipeline() = default;
@@ -63,12 +83,15 @@ at::Tensor draw_latents(uint64_t seed, int64_t channels, int64_t height, int64_t
   return at::randn({1, channels, height, width}, gen, at::TensorOptions().dtype(at::kFloat));
 }
 
-void Pipeline::load(const ModelSpec& spec, const LoadOptions& options) {
+void Pipeline::load(const ModelSpec& spec, const LoadOptions& options, const std::atomic<bool>* cancel) {
+  init_runtime_diagnostics();
+  ScopedWarningCapture capture(warnings_);
+  emit_test_warnings("load");
   const c10::Device device = resolve_device(options.device);
   check_dtype_for_device(options.dtype, device);
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
-  auto models = std::make_unique<LoadedModels>(load_models(spec, options, device));
+  auto models = std::make_unique<LoadedModels>(load_models(spec, options, device, cancel));
   spec_ = spec;
   options_ = options;
   models_ = std::move(models);
@@ -77,11 +100,14 @@ void Pipeline::load(const ModelSpec& spec, const LoadOptions& options) {
 }
 
 void Pipeline::unload() {
+  ScopedWarningCapture capture(warnings_);
   models_.reset();
   release_cached_cpu_memory();
 }
 
-at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask) {
+at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask,
+                                    const std::atomic<bool>* cancel) {
+  ScopedWarningCapture capture(warnings_);
   if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
   if (pixels.dim() != 4 || pixels.size(1) != 3 || pixels.size(2) != pixels.size(3)) {
     throw InvalidArgument("Expected a [B, 3, S, S] tensor for pixels but received " + c10::str(pixels.sizes()));
@@ -94,13 +120,23 @@ at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& 
   c10::InferenceMode inference;
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
+  require_finite(pixels, "pixels", "the subject picture's pixel values are not finite");
+  check_cancel(cancel, "encode");
+  at::Tensor embeds;
   try {
     const c10::IValue out = models_->qformer.forward(
         {pixels.to(device, to_scalar_type(dtype_)), ids.to(device, at::kLong), mask.to(device, at::kLong)});
-    return first_tensor(out, "qformer").to(at::kCPU, at::kFloat).contiguous();
+    embeds = first_tensor(out, "qformer").to(at::kCPU, at::kFloat).contiguous();
   } catch (...) {
     rethrow_with_context("while encoding the subject with the Q-Former");
   }
+  check_cancel(cancel, "encoded");
+  if (!all_finite(embeds)) {
+    throw Error(codes::kNonFinite,
+                "the Q-Former produced a non-finite (NaN or Inf) subject embedding: " +
+                    overflow_hint(dtype_, device_name_, "the subject picture or the model weights"));
+  }
+  return embeds;
 }
 
 GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn& progress,
@@ -111,7 +147,14 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
                 "the pipeline was loaded for subject encoding only (subjectOnly); load it without subjectOnly to "
                 "generate");
   }
+  ScopedWarningCapture capture(warnings_);
+  emit_test_warnings("generate");
   params.validate(spec_);
+  require_finite(params.query_embeds, "queryEmbeds",
+                 "the subject embedding is not finite; encode the subject again or check the embedding file");
+  if (params.latents) require_finite(*params.latents, "latents", "the initial latents are not finite");
+  if (params.control_image)
+    require_finite(*params.control_image, "controlImage", "the control image is not finite");
   const auto start = Clock::now();
   const c10::Device device(device_name_);
   const at::ScalarType dtype = to_scalar_type(dtype_);
@@ -197,6 +240,12 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     sync(device);
     result.timings.denoise_ms += ms_since(denoise_start);
     if (cancel.load()) throw AbortError();
+    if (!all_finite(latents)) {
+      throw Error(codes::kNonFinite,
+                  "the latents of image " + std::to_string(i + 1) +
+                      " became non-finite (NaN or Inf) during denoising and were not decoded: " +
+                      overflow_hint(dtype_, device_name_, "an extreme subject embedding or guidance scale"));
+    }
 
     // 4. Decoding: the pipeline divides by the scaling factor; 5. post-processing on the CPU.
     auto decode_start = Clock::now();

@@ -7,7 +7,9 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "core/diagnostics.h"
 #include "core/params.h"
 
 namespace blipdiff {
@@ -21,8 +23,9 @@ class Pipeline {
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
 
-  // Verifies, loads and prepares every module; replaces what was loaded before only on success.
-  void load(const ModelSpec& spec, const LoadOptions& options);
+  // Verifies, loads and prepares every module; replaces what was loaded before only on success. Throws
+  // AbortError when `cancel` is set (see load_models for where it is checked); what was loaded stays.
+  void load(const ModelSpec& spec, const LoadOptions& options, const std::atomic<bool>* cancel = nullptr);
   void unload();
   bool loaded() const { return models_ != nullptr; }
   const std::string& device() const { return device_name_; }
@@ -30,10 +33,18 @@ class Pipeline {
   const ModelSpec& spec() const { return spec_; }
 
   // pixels [B,3,S,S] normalized float32, ids/mask [B,T] int64 -> query embeddings [B,Q,D] float32 CPU.
-  at::Tensor encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask);
+  // The Q-Former runs as one call: `cancel` is checked before it and after it (the result is dropped).
+  at::Tensor encode_subject(const at::Tensor& pixels, const at::Tensor& ids, const at::Tensor& mask,
+                            const std::atomic<bool>* cancel = nullptr);
 
-  // Runs the whole generation. Throws AbortError when `cancel` becomes true (polled between steps).
+  // Runs the whole generation. Throws AbortError when `cancel` becomes true (polled between steps), and
+  // Error(codes::kNonFinite) for NaN/Inf in queryEmbeds, latents or controlImage, or in the latents
+  // after denoising (checked before decoding). Progress counts the steps asked for (see denoise.h).
   GenerateResult generate(const GenerateParams& params, const ProgressFn& progress, const std::atomic<bool>& cancel);
+
+  // The libtorch warnings (TORCH_WARN) raised by this pipeline's calls since the last take, first
+  // occurrence of each (every occurrence with BLIPDIFF_DEBUG=1); thread-safe. See core/diagnostics.h.
+  std::vector<std::string> take_warnings() { return warnings_.take(); }
 
  private:
   ModelSpec spec_;
@@ -41,6 +52,7 @@ class Pipeline {
   std::unique_ptr<LoadedModels> models_;
   std::string device_name_ = "cpu";
   DType dtype_ = DType::kFloat32;
+  WarningCollector warnings_;
 };
 
 // The initial latents of `seed`: torch's CPU generator, float32, [1, C, h, w] (what the reference

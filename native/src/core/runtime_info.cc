@@ -20,6 +20,7 @@ RuntimeInfo runtime_info() {
   info.devices.push_back("cpu");
   for (int64_t i = 0; i < info.cuda_device_count; ++i) info.devices.push_back("cuda:" + std::to_string(i));
   info.num_threads = at::get_num_threads();
+  info.nnpack_enabled = at::globalContext().userEnabledNNPACK();
   return info;
 }
 

@@ -13,6 +13,8 @@ struct RuntimeInfo {
   int64_t cuda_device_count = 0;
   std::vector<std::string> devices;  // "cpu", "cuda:0", ...
   int64_t num_threads = 1;
+  // at::globalContext().userEnabledNNPACK(); off after init (core/diagnostics.h).
+  bool nnpack_enabled = false;
 };
 
 RuntimeInfo runtime_info();

@@ -124,15 +124,30 @@ bool cpu_has_sha_ni() {
 }
 #endif
 
+std::atomic<uint64_t> g_portable_bytes{0};
+std::atomic<uint64_t> g_sha_ni_bytes{0};
+
+void counted_portable(std::array<uint32_t, 8>& state, const uint8_t* data, size_t blocks) {
+  compress_portable(state, data, blocks);
+  g_portable_bytes.fetch_add(64 * blocks, std::memory_order_relaxed);
+}
+
+#ifdef BLIPDIFF_SHA_NI
+void counted_shani(std::array<uint32_t, 8>& state, const uint8_t* data, size_t blocks) {
+  compress_shani(state, data, blocks);
+  g_sha_ni_bytes.fetch_add(64 * blocks, std::memory_order_relaxed);
+}
+#endif
+
 using CompressFn = void (*)(std::array<uint32_t, 8>&, const uint8_t*, size_t);
 
 // Picked once per process. BLIPDIFF_SHA256_PORTABLE=1 forces the portable rounds (to test both paths).
 CompressFn pick_compress() {
 #ifdef BLIPDIFF_SHA_NI
   const char* force = std::getenv("BLIPDIFF_SHA256_PORTABLE");
-  if (!(force && std::string(force) == "1") && cpu_has_sha_ni()) return compress_shani;
+  if (!(force && std::string(force) == "1") && cpu_has_sha_ni()) return counted_shani;
 #endif
-  return compress_portable;
+  return counted_portable;
 }
 
 const CompressFn kCompress = pick_compress();
@@ -191,7 +206,12 @@ std::string Sha256::hex_digest() {
   return hex;
 }
 
-std::string sha256_file(const std::string& path) {
+Sha256Stats sha256_stats() {
+  return {kCompress == counted_portable ? "portable" : "sha-ni", g_portable_bytes.load(),
+          g_sha_ni_bytes.load()};
+}
+
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(codes::kModel, "cannot read " + path);
   Sha256 hash;
@@ -199,6 +219,7 @@ std::string sha256_file(const std::string& path) {
   while (in) {
     in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
     hash.update(chunk.data(), static_cast<size_t>(in.gcount()));
+    check_cancel(cancel, "checksum");
   }
   if (in.bad()) throw Error(codes::kModel, "error while reading " + path);
   return hash.hex_digest();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -23,7 +24,17 @@ class Sha256 {
   uint64_t total_bytes_ = 0;
 };
 
-// Hex SHA-256 of a file's contents; throws blipdiff::Error when it cannot be read.
-std::string sha256_file(const std::string& path);
+// Hex SHA-256 of a file's contents; throws blipdiff::Error when it cannot be read, and AbortError when
+// `cancel` is set (checked after every 1 MiB chunk; checkpoint "checksum").
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel = nullptr);
+
+// Which compression routine this process uses ("sha-ni" or "portable"; BLIPDIFF_SHA256_PORTABLE=1 forces
+// the portable one) and how many bytes each has compressed so far (tests check that a path really ran).
+struct Sha256Stats {
+  const char* implementation;
+  uint64_t portable_bytes;
+  uint64_t sha_ni_bytes;
+};
+Sha256Stats sha256_stats();
 
 }  // namespace blipdiff

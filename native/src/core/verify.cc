@@ -107,7 +107,7 @@ void write_records(const fs::path& dir, const std::map<std::string, Record>& rec
 
 }  // namespace
 
-void verify_files(const std::vector<NamedFile>& files) {
+void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* cancel) {
   struct Job {
     const NamedFile* file;
     std::string expected;
@@ -131,7 +131,7 @@ void verify_files(const std::vector<NamedFile>& files) {
   // One thread per file: hashing is CPU-bound per file and the files are few.
   for (Job& job : jobs) {
     const std::string path = job.file->file.path;
-    job.hash = std::async(std::launch::async, [path] { return sha256_file(path); });
+    job.hash = std::async(std::launch::async, [path, cancel] { return sha256_file(path, cancel); });
   }
   std::exception_ptr first_error;
   std::map<fs::path, bool> changed;
@@ -166,6 +166,7 @@ void verify_files(const std::vector<NamedFile>& files) {
   for (const auto& [dir, did_change] : changed) {
     if (did_change) write_records(dir, records[dir]);
   }
+  if (cancel && cancel->load()) throw AbortError();  // an abort wins over a mismatch found meanwhile
   if (first_error) std::rethrow_exception(first_error);
 }
 

@@ -1,6 +1,7 @@
 // Verifying the module files against the manifest's sha256 before they are loaded.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,10 @@ struct NamedFile {
 // modification time (ns), device and inode: a file that still matches its record is not hashed again,
 // and any change to it (a rewrite, a copy, a truncation) makes it hashed anew. The record is an
 // optimisation only: it is ignored when unreadable and not written when the folder is read-only.
-// Throws Error(codes::kChecksum) naming the first file whose hash differs.
-void verify_files(const std::vector<NamedFile>& files);
+// Throws Error(codes::kChecksum) naming the first file whose hash differs, and AbortError when `cancel` is
+// set while hashing (every hashing thread stops at its next 1 MiB chunk; no record is written for a file
+// that was not hashed to the end).
+void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* cancel = nullptr);
 
 // The name of the record file written beside the modules.
 inline constexpr const char* kVerifiedRecord = ".blipdiff-verified";

@@ -12,7 +12,7 @@ EncodeWorker::EncodeWorker(Napi::Env env, CallState call, at::Tensor pixels, at:
 void EncodeWorker::Execute() {
   std::lock_guard<std::mutex> lock(call_.wrap()->run_mutex());
   try {
-    result_ = call_.wrap()->core()->encode_subject(pixels_, ids_, mask_);
+    result_ = call_.wrap()->core()->encode_subject(pixels_, ids_, mask_, &call_.cancel());
   } catch (...) {
     call_.error = capture_error();
     SetError(call_.error.message);

@@ -12,7 +12,7 @@ void LoadWorker::Execute() {
   std::lock_guard<std::mutex> lock(call_.wrap()->run_mutex());
   const auto& pipeline = call_.wrap()->core();
   try {
-    pipeline->load(spec_, options_);
+    pipeline->load(spec_, options_, &call_.cancel());
     device_ = pipeline->device();
     dtype_ = pipeline->dtype();
   } catch (...) {

@@ -41,6 +41,7 @@ Napi::Function PipelineWrap::Init(Napi::Env env) {
                          InstanceMethod<&PipelineWrap::Generate>("generate"),
                          InstanceMethod<&PipelineWrap::Abort>("abort"),
                          InstanceMethod<&PipelineWrap::Dispose>("dispose"),
+                         InstanceMethod<&PipelineWrap::TakeWarnings>("takeWarnings"),
                          InstanceAccessor<&PipelineWrap::GetLoaded>("loaded"),
                          InstanceAccessor<&PipelineWrap::GetDevice>("device"),
                          InstanceAccessor<&PipelineWrap::GetDtype>("dtype"),
@@ -153,6 +154,8 @@ Napi::Value PipelineWrap::Generate(const Napi::CallbackInfo& info) {
   return deferred.Promise();
 }
 
+// Cancels every running call: generate between steps, load between checksum chunks and modules,
+// encodeSubject before or after its Q-Former call.
 void PipelineWrap::Abort(const Napi::CallbackInfo&) {
   for (const auto& cancel : cancels_) cancel->store(true);
 }
@@ -168,6 +171,15 @@ Napi::Value PipelineWrap::Dispose(const Napi::CallbackInfo& info) {
     if (active_ == 0) complete_dispose();
   }
   return deferred.Promise();
+}
+
+Napi::Value PipelineWrap::TakeWarnings(const Napi::CallbackInfo& info) {
+  // Safe while a call runs: the collector has its own lock.
+  const std::vector<std::string> warnings = pipeline_->take_warnings();
+  Napi::Array out = Napi::Array::New(info.Env(), warnings.size());
+  for (size_t i = 0; i < warnings.size(); ++i)
+    out.Set(static_cast<uint32_t>(i), Napi::String::New(info.Env(), warnings[i]));
+  return out;
 }
 
 Napi::Value PipelineWrap::GetLoaded(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), loaded_); }

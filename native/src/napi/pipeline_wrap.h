@@ -40,6 +40,7 @@ class PipelineWrap : public Napi::ObjectWrap<PipelineWrap> {
   Napi::Value GetLoaded(const Napi::CallbackInfo& info);
   Napi::Value GetDevice(const Napi::CallbackInfo& info);
   Napi::Value GetDtype(const Napi::CallbackInfo& info);
+  Napi::Value TakeWarnings(const Napi::CallbackInfo& info);
 
   // Rejects `deferred` and returns false when the pipeline is disposed or being disposed.
   bool begin_call(Napi::Env env, Napi::Promise::Deferred& deferred, const std::shared_ptr<std::atomic<bool>>& cancel);

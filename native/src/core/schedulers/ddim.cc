@@ -11,7 +11,7 @@ namespace blipdiff {
 
 DdimScheduler::DdimScheduler(const SchedulerConfig& config)
     : Scheduler(config),
-      clip_sample_(config.boolean("clip_sample", true)),
+      clip_sample_(config.boolean("clip_sample", false)),
       clip_sample_range_(config.number("clip_sample_range", 1.0)) {
   if (config.boolean("thresholding", false)) {
     throw InvalidArgument("DDIM with thresholding = true is not supported");
@@ -31,8 +31,7 @@ void DdimScheduler::set_timesteps(int64_t n) {
     const int64_t ratio = total / n;
     for (int64_t i = n - 1; i >= 0; --i) timesteps_.push_back(i * ratio + steps_offset_);
   } else {  // trailing
-    const double ratio = double(total) / double(n);
-    for (double v = double(total); v > 0; v -= ratio) timesteps_.push_back(static_cast<int64_t>(std::nearbyint(v)) - 1);
+    timesteps_ = trailing_timesteps(total, n);
   }
   num_inference_steps_ = n;
 }

@@ -1,5 +1,9 @@
-// DDIM (diffusers' DDIMScheduler with eta = 0, no clipping or thresholding) and its inverse step
+// DDIM (diffusers' DDIMScheduler with eta = 0, no thresholding) and its inverse step
 // (DDIMInverseScheduler.step) for DDIM inversion.
+// clip_sample (clamping the predicted x0 to [-clip_sample_range, clip_sample_range]) is off unless the
+// config sets it. diffusers' DDIMScheduler defaults it to true, so DDIM built from a config that does not
+// name it (the pipeline ships a PNDM config) would clamp; Stable Diffusion 1.5 and LAVIS run DDIM with
+// clip_sample false, and clamping latents (which reach about +-20 in x0) ruins the images.
 #pragma once
 
 #include "core/schedulers/scheduler.h"

@@ -86,8 +86,7 @@ void DpmSolverMultistepScheduler::set_timesteps(int64_t n) {
     const int64_t ratio = last / (n + 1);
     for (int64_t i = n; i >= 1; --i) ts.push_back(i * ratio + steps_offset_);
   } else {  // trailing
-    const double ratio = double(num_train_timesteps_) / double(n);
-    for (double v = double(last); v > 0; v -= ratio) ts.push_back(static_cast<int64_t>(std::nearbyint(v)) - 1);
+    ts = trailing_timesteps(last, n);
   }
   for (int64_t t : ts) check_timestep(t);
   timesteps_ = ts;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -27,10 +28,8 @@ void PndmScheduler::set_timesteps(int64_t n) {
   } else if (timestep_spacing_ == "leading") {
     const int64_t ratio = total / n;
     for (int64_t i = 0; i < n; ++i) base[size_t(i)] = i * ratio + steps_offset_;
-  } else {  // trailing: np.round(np.arange(total, 0, -total / n))[::-1] - 1
-    const double ratio = double(total) / double(n);
-    std::vector<int64_t> desc;
-    for (double v = double(total); v > 0; v -= ratio) desc.push_back(static_cast<int64_t>(std::nearbyint(v)) - 1);
+  } else {  // trailing, ascending here
+    const std::vector<int64_t> desc = trailing_timesteps(total, n);
     base.assign(desc.rbegin(), desc.rend());
   }
   // plms = base[:-1] + base[-2:-1] + base[-1:], reversed.
@@ -42,6 +41,11 @@ void PndmScheduler::set_timesteps(int64_t n) {
   ets_.clear();
   cur_sample_ = at::Tensor();
   counter_ = 0;
+}
+
+int64_t PndmScheduler::step_of_call(int64_t call) const {
+  const bool repeated = static_cast<int64_t>(timesteps_.size()) == num_inference_steps_ + 1;
+  return repeated ? std::max<int64_t>(call, 1) : call + 1;
 }
 
 at::Tensor PndmScheduler::step(const at::Tensor& model_output, int64_t timestep, const at::Tensor& sample) {

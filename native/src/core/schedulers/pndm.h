@@ -12,6 +12,9 @@ class PndmScheduler : public Scheduler {
   explicit PndmScheduler(const SchedulerConfig& config);
   void set_timesteps(int64_t num_inference_steps) override;
   at::Tensor step(const at::Tensor& model_output, int64_t timestep, const at::Tensor& sample) override;
+  // PLMS evaluates the model twice in its first step (the repeated timestep: the second evaluation
+  // restarts from the first one's input), so n steps make n + 1 evaluations: 0 and 1 are step 1.
+  int64_t step_of_call(int64_t call) const override;
 
  private:
   at::Tensor prev_sample(const at::Tensor& sample, int64_t timestep, int64_t prev_timestep,

@@ -100,6 +100,20 @@ at::Tensor Scheduler::add_noise(const at::Tensor& original, const at::Tensor& no
   return original * std::sqrt(a) + noise * std::sqrt(1.0f - a);
 }
 
+std::vector<int64_t> trailing_timesteps(int64_t total, int64_t n) {
+  const double start = static_cast<double>(total);
+  const double ratio = start / static_cast<double>(n);
+  const double delta = (start - ratio) - start;
+  std::vector<int64_t> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    // volatile: the product is rounded on its own, as numpy does; a fused multiply-add would not round it.
+    const volatile double offset = static_cast<double>(i) * delta;
+    out.push_back(static_cast<int64_t>(std::nearbyint(start + offset)) - 1);
+  }
+  return out;
+}
+
 std::unique_ptr<Scheduler> make_scheduler(SchedulerKind kind, const SchedulerConfig& config) {
   switch (kind) {
     case SchedulerKind::kDdim:

@@ -21,6 +21,11 @@ class Scheduler {
   virtual void set_timesteps(int64_t num_inference_steps) = 0;
   // One entry per model evaluation, in order (PNDM repeats one).
   const std::vector<int64_t>& timesteps() const { return timesteps_; }
+  // The number of steps asked for in set_timesteps (PNDM makes one model evaluation more).
+  int64_t num_inference_steps() const { return num_inference_steps_; }
+  // The 1-based step, out of num_inference_steps(), that model evaluation `call` (an index into
+  // timesteps()) belongs to. Every step ends with its last evaluation; progress is reported then.
+  virtual int64_t step_of_call(int64_t call) const { return call + 1; }
   // One scheduler step: the sample at the previous (less noisy) timestep.
   virtual at::Tensor step(const at::Tensor& model_output, int64_t timestep, const at::Tensor& sample) = 0;
 
@@ -51,5 +56,12 @@ class Scheduler {
 };
 
 std::unique_ptr<Scheduler> make_scheduler(SchedulerKind kind, const SchedulerConfig& config);
+
+// "trailing" timestep spacing, descending: t_i = round(total + i * delta) - 1 for i in 0..n-1, where
+// ratio = total / n and delta = (total - ratio) - total, in float64, rounded half to even. These are the
+// first n values of the reference's np.round(np.arange(total, 0, -ratio)) - 1 (numpy's arange computes
+// start + i * delta with that delta), bit for bit. For some n (61, 103, ... out of 1..1000) float error
+// gives np.arange one value more, ending in timestep -1; we always give exactly n timesteps.
+std::vector<int64_t> trailing_timesteps(int64_t total, int64_t n);
 
 }  // namespace blipdiff
