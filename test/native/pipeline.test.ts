@@ -307,6 +307,21 @@ for (const name of fixtureNames()) {
       expect((overflow as Error).message).toMatch(/non-finite .* during denoising and were not decoded: likely/);
       expect(progress.some((p) => p.phase === "decode")).toBe(false);
       expect(progress.filter((p) => p.phase === "denoise").length).toBe(cfgCase.num_inference_steps);
+      expect((overflow as Error).message).not.toMatch(/float16/);
+
+      // In float16 (on CUDA; here on the CPU through the developer switch BLIPDIFF_CPU_HALF=1) the message
+      // names the overflow and the dtypes to try.
+      process.env.BLIPDIFF_CPU_HALF = "1";
+      const half = new (addon().Pipeline)();
+      try {
+        await half.load(specOf(f.model()), { device: "cpu", dtype: "float16", verifyChecksums: false });
+        const err = await half.generate(params("cfg", { guidance: 1e30, recordSteps: false })).catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+        expect((err as Error).message).toMatch(/float16 overflow .*--dtype bfloat16.*--dtype float32/);
+      } finally {
+        delete process.env.BLIPDIFF_CPU_HALF;
+        await half.dispose();
+      }
     });
 
     it("rejects bad inputs with clear errors", async () => {
