@@ -268,8 +268,10 @@ for (const name of fixtureNames()) {
           .catch((e: unknown) => e)) as Error & { code?: string };
       // A subject text longer than the Q-Former's position table (the model's own check, a ValueError in
       // TorchScript), and a token id past the vocabulary (a RuntimeError from the embedding lookup).
+      const qformer = JSON.parse(readFileSync(path.join(f.dir, "ckpt", "qformer", "config.json"), "utf8"));
+      const tooLong: number = qformer.qformer_config.max_position_embeddings + 88;
       const cases: Array<[Int32Array, RegExp]> = [
-        [new Int32Array(600).fill(4), /: ValueError: Q-Former text has 600 tokens/],
+        [new Int32Array(tooLong).fill(4), new RegExp(`: ValueError: Q-Former text has ${tooLong} tokens`)],
         [Int32Array.from([4, 1_000_000, 5]), /: RuntimeError: index out of range/],
       ];
       for (const [tokens, cause] of cases) {
