@@ -268,8 +268,10 @@ for (const name of fixtureNames()) {
           .catch((e: unknown) => e)) as Error & { code?: string };
       // A subject text longer than the Q-Former's position table (the model's own check, a ValueError in
       // TorchScript), and a token id past the vocabulary (a RuntimeError from the embedding lookup).
+      const qformer = JSON.parse(readFileSync(path.join(f.dir, "ckpt", "qformer", "config.json"), "utf8"));
+      const tooLong: number = qformer.qformer_config.max_position_embeddings + 88;
       const cases: Array<[Int32Array, RegExp]> = [
-        [new Int32Array(600).fill(4), /: ValueError: Q-Former text has 600 tokens/],
+        [new Int32Array(tooLong).fill(4), new RegExp(`: ValueError: Q-Former text has ${tooLong} tokens`)],
         [Int32Array.from([4, 1_000_000, 5]), /: RuntimeError: index out of range/],
       ];
       for (const [tokens, cause] of cases) {
@@ -307,6 +309,21 @@ for (const name of fixtureNames()) {
       expect((overflow as Error).message).toMatch(/non-finite .* during denoising and were not decoded: likely/);
       expect(progress.some((p) => p.phase === "decode")).toBe(false);
       expect(progress.filter((p) => p.phase === "denoise").length).toBe(cfgCase.num_inference_steps);
+      expect((overflow as Error).message).not.toMatch(/float16/);
+
+      // In float16 (on CUDA; here on the CPU through the developer switch BLIPDIFF_CPU_HALF=1) the message
+      // names the overflow and the dtypes to try.
+      process.env.BLIPDIFF_CPU_HALF = "1";
+      const half = new (addon().Pipeline)();
+      try {
+        await half.load(specOf(f.model()), { device: "cpu", dtype: "float16", verifyChecksums: false });
+        const err = await half.generate(params("cfg", { guidance: 1e30, recordSteps: false })).catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: "ERR_BLIPDIFF_NONFINITE" });
+        expect((err as Error).message).toMatch(/float16 overflow .*--dtype bfloat16.*--dtype float32/);
+      } finally {
+        delete process.env.BLIPDIFF_CPU_HALF;
+        await half.dispose();
+      }
     });
 
     it("rejects bad inputs with clear errors", async () => {
