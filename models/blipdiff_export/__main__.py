@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         if args.checkpoint is None and not args.random_weights:
             parser.error("convert: give a checkpoint folder or hub id, or --random-weights")
+        import torch
+
         from .export import convert
+
+        # blipdiff's stderr policy (docs/cli.md): on CPUs NNPACK does not support, torch would log a warning for
+        # every convolution it runs (export runs none today; this keeps it so).
+        torch.backends.nnpack.set_flags(False)
 
         try:
             out = convert(
