@@ -96,10 +96,8 @@ export async function main(argv: string[] = process.argv): Promise<number> {
       if (process.env.BLIPDIFF_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
     } else process.stderr.write("aborted\n");
     return code;
-  } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
   }
+  // The handlers stay installed until the process has exited: a Ctrl-C during teardown still exits 130 cleanly.
 }
 
 const code = await main();

@@ -2,7 +2,7 @@
 // `encode`. Each ends with exit 130, no output file, no temporary file, nothing on stdout and no stack trace.
 // (convert: test/cli/convert.test.ts.)
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, mkdtempSync, readdirSync, rmSync, unlinkSync } from "node:fs";
+import { closeSync, constants, cpSync, mkdtempSync, openSync, readdirSync, rmSync, unlinkSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import sharp from "sharp";
@@ -26,10 +26,10 @@ interface Interrupted {
 }
 
 /**
- * Runs the CLI and sends `count` SIGINTs (100 ms apart) once stderr matches `when`. The CLI runs in its own
- * process group and the signal goes to the group, as a terminal's Ctrl-C does.
+ * Runs the CLI and sends `count` SIGINTs (100 ms apart) once stderr matches `when` (and `ready()` holds, polled).
+ * The CLI runs in its own process group and the signal goes to the group, as a terminal's Ctrl-C does.
  */
-function interrupt(args: string[], when: RegExp, count = 1): Promise<Interrupted> {
+function interrupt(args: string[], when: RegExp, count = 1, ready: () => boolean = () => true): Promise<Interrupted> {
   const child = spawn(process.execPath, [path.join(repoRoot, "bin", "blipdiff.js"), ...args], {
     cwd: repoRoot,
     env: { ...process.env, CI: "1" },
@@ -46,15 +46,19 @@ function interrupt(args: string[], when: RegExp, count = 1): Promise<Interrupted
       stderr += d.toString();
       if (sent || !when.test(stderr)) return;
       sent = true;
-      for (let i = 0; i < count; i++)
-        setTimeout(() => {
-          last = performance.now();
-          try {
-            process.kill(-child.pid!, "SIGINT");
-          } catch {
-            // already gone
-          }
-        }, i * 100);
+      const fire = (): void => {
+        for (let i = 0; i < count; i++)
+          setTimeout(() => {
+            last = performance.now();
+            try {
+              process.kill(-child.pid!, "SIGINT");
+            } catch {
+              // already gone
+            }
+          }, i * 100);
+      };
+      const poll = (): void => void (ready() ? fire() : setTimeout(poll, 20));
+      poll();
     });
     child.on("close", (code, signal) => {
       clearTimeout(killer);
@@ -84,14 +88,34 @@ function generateArgs(model: string, out: string, steps = 2): string[] {
   ];
 }
 
-/** A copy of the model whose UNet file is a FIFO: reading it blocks forever, like a load that never ends. */
-function stuckModel(): string {
+/**
+ * A copy of the model whose UNet file is a FIFO: the load blocks in a read that no abort can interrupt, like a
+ * minutes-long load. `stuck()` is true once the native load has opened it: opening the write end without
+ * blocking succeeds only when a reader is there; the write end is then held open with nothing written, so the
+ * reader waits for data for good. `release()` closes it.
+ */
+function stuckModel(): { dir: string; stuck: () => boolean; release: () => void } {
   const dir = mkdtempSync(path.join(tmp, "stuck-"));
   cpSync(modelDir(name), dir, { recursive: true });
-  unlinkSync(path.join(dir, "unet.pt"));
-  const r = spawnSync("mkfifo", [path.join(dir, "unet.pt")]);
+  const fifo = path.join(dir, "unet.pt");
+  unlinkSync(fifo);
+  const r = spawnSync("mkfifo", [fifo]);
   expect(r.status, "mkfifo").toBe(0);
-  return dir;
+  let fd: number | undefined;
+  return {
+    dir,
+    stuck: () => {
+      try {
+        fd ??= openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+        return true;
+      } catch {
+        return false; // ENXIO: nobody is reading yet
+      }
+    },
+    release: () => {
+      if (fd !== undefined) closeSync(fd);
+    },
+  };
 }
 
 describe("Ctrl-C (CLI)", () => {
@@ -99,14 +123,19 @@ describe("Ctrl-C (CLI)", () => {
 
   it("during a load that cannot stop: the first Ctrl-C ends the process after the grace period", async () => {
     const out = mkdtempSync(path.join(tmp, "out-"));
-    const r = await interrupt(generateArgs(stuckModel(), path.join(out, "x.png")), /loading the model/);
+    const m = stuckModel();
+    const r = await interrupt(generateArgs(m.dir, path.join(out, "x.png")), /loading the model/, 1, m.stuck);
+    m.release();
     expectCleanInterrupt(r, out);
     expect(r.stderr).toMatch(/press Ctrl-C again to quit at once/);
+    expect(r.afterLastSignalMs).toBeGreaterThanOrEqual(GRACE_MS - 500);
   });
 
   it("during a load that cannot stop: a second Ctrl-C ends the process at once", async () => {
     const out = mkdtempSync(path.join(tmp, "out-"));
-    const r = await interrupt(generateArgs(stuckModel(), path.join(out, "x.png")), /loading the model/, 2);
+    const m = stuckModel();
+    const r = await interrupt(generateArgs(m.dir, path.join(out, "x.png")), /loading the model/, 2, m.stuck);
+    m.release();
     expectCleanInterrupt(r, out);
     // Without the second signal it would wait out the grace period (the previous test).
     expect(r.afterLastSignalMs).toBeLessThan(GRACE_MS - 1000);
