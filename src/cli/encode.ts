@@ -3,7 +3,7 @@ import { Command, Option } from "commander";
 import path from "node:path";
 import { loadAddon } from "../bindings/index.js";
 import { AbortError } from "../errors.js";
-import { decodeRgb, readSource, type NamedBytes } from "../image/decode.js";
+import { decodeRgb, readSource, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
 import { serializeSubjectEmbedding } from "../pipeline/embedding.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { DEFAULTS, parseDType, parseDevice } from "../pipeline/options.js";
@@ -47,7 +47,7 @@ async function runEncode(f: EncodeFlags, signal: AbortSignal): Promise<void> {
   const progress = new Progress(f.quiet === true);
   if (f.subjectImage.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
   if (f.subjectImage.includes("-") && process.stdin.isTTY)
-    throw new UsageError("--subject-image - reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path");
+    throw new UsageError(stdinIsTerminal("--subject-image"));
   if (f.output === "-") throw new UsageError("encode writes a file: give --output a path ending in .safetensors");
   if (!f.output.toLowerCase().endsWith(".safetensors"))
     throw new UsageError(`Expected a .safetensors file for --output but received ${JSON.stringify(f.output)}`);

@@ -2,7 +2,7 @@
 import { Command, Option } from "commander";
 import { loadAddon } from "../bindings/index.js";
 import { AbortError } from "../errors.js";
-import { decodeRgb, readSource, type NamedBytes } from "../image/decode.js";
+import { decodeRgb, readSource, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { loadSubjectEmbedding } from "../pipeline/embedding.js";
 import { DEFAULTS, SCHEDULERS, parseDType, parseDevice, parseScheduler } from "../pipeline/options.js";
@@ -80,7 +80,7 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
   if (images.length > 0 && !f.subject) throw new UsageError("--subject is required with --subject-image (the category word, e.g. dog)");
   if (images.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
   if (images.includes("-") && process.stdin.isTTY)
-    throw new UsageError("--subject-image - reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path");
+    throw new UsageError(stdinIsTerminal("--subject-image"));
   const device = asUsage(() => parseDevice(f.device));
   const dtype = asUsage(() => parseDType(f.dtype));
   const subjectCrop = asUsage(() => parseSubjectCrop(f.subjectCrop));

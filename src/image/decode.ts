@@ -29,12 +29,14 @@ export interface DecodeOptions {
 
 let stdinCache: Promise<Buffer> | undefined;
 
+/** The message for "-" when stdin is a terminal (reading would wait for typed bytes with no prompt). */
+export function stdinIsTerminal(label: string): string {
+  return `${label} - reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path`;
+}
+
 /** Reads all of stdin once, asynchronously (so SIGINT is handled while it waits); several "-" inputs share it. */
 function readStdin(label: string): Promise<Buffer> {
-  if (process.stdin.isTTY)
-    return Promise.reject(
-      new InputError(`${label}: "-" reads the picture from stdin, but stdin is a terminal; pipe a picture in (... < dog.jpg) or give a file path`),
-    );
+  if (process.stdin.isTTY) return Promise.reject(new InputError(stdinIsTerminal(label)));
   stdinCache ??= (async () => {
     const chunks: Buffer[] = [];
     for await (const chunk of process.stdin) chunks.push(chunk as Buffer);

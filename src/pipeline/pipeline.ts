@@ -26,7 +26,7 @@ import {
   type ResolvedSampling,
   type SamplingOptions,
 } from "./options.js";
-import { checkEmbeddingFor, checkSubjectText, preflightGenerate, tokenizersFor } from "./preflight.js";
+import { checkSubjectText, preflightGenerate, tokenizersFor } from "./preflight.js";
 import { parseSubjectCrop, preprocessCondition, preprocessSubject, stackBatch, type SubjectCrop } from "./preprocess.js";
 import { buildPrompt } from "./prompt.js";
 import { tokenizePrompts } from "./tokenize.js";
@@ -287,13 +287,6 @@ export class BlipDiffusionPipeline {
     });
   }
 
-  private checkEmbedding(e: SubjectEmbedding, warnings: string[]): void {
-    checkEmbeddingFor(this.manifest, e);
-    const sha = e.model.qformerSha256;
-    if (sha && sha !== this.manifest.spec.modules.qformer.sha256)
-      warnings.push("the subject embedding was made with a different Q-Former than this model's");
-  }
-
   private async generateNow(o: GenerateOptions): Promise<GenerateResult> {
     const t0 = performance.now();
     const m = this.manifest;
@@ -311,8 +304,7 @@ export class BlipDiffusionPipeline {
         : preprocessCondition(await decodeRgb(o.controlImage, { label: "control image" }), sampling.width, sampling.height);
 
     let embedding = o.subjectEmbedding;
-    if (embedding) this.checkEmbedding(embedding, warnings);
-    else {
+    if (!embedding) {
       if (o.subjectImage === undefined) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
       embedding = await this.encodeSubjectNow({ images: o.subjectImage, subject, crop, signal: o.signal });
     }

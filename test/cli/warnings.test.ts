@@ -38,6 +38,10 @@ describe("libtorch diagnostics (CLI and library)", () => {
     const warnings = lines(r.stderr).filter((l) => l.startsWith("warning:"));
     expect(warnings).toEqual(["warning: blipdiff test warning (load)", "warning: blipdiff test warning (generate)"]);
     expect(r.stderr).not.toMatch(/test log line|\[W\d|NNPACK/);
+    // Progress counts the 2 steps asked for, although PNDM makes 3 UNet calls.
+    expect(lines(r.stderr).filter((l) => /denoising step/.test(l))).toEqual([
+      "image 1/2, denoising step 1/2", "image 1/2, denoising step 2/2", "image 2/2, denoising step 1/2", "image 2/2, denoising step 2/2",
+    ]);
     const doc = JSON.parse(r.stdout.toString());
     expect(doc.warnings).toContain("blipdiff test warning (generate)");
   });
