@@ -1,6 +1,6 @@
 // End to end through the CLI: the fixture's pipeline cases from --seed, stdout streaming, --json,
 // several images, subject embeddings, SIGINT.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -168,6 +168,22 @@ for (const name of fixtureNames()) {
       expect(q.stderr).toBe("");
       const short = runCli([...caseArgs(fx, "nocfg"), "-o", "-"]);
       expect(short.stderr).not.toMatch(/warning/);
+    });
+
+    it("--subject-image reads a FIFO (process substitution) once, and gives the same image", async () => {
+      const args = caseArgs(fx, "nocfg");
+      const i = args.indexOf("--subject-image");
+      const fifo = path.join(tmp, `${name}-subject.fifo`);
+      expect(spawnSync("mkfifo", [fifo]).status).toBe(0);
+      // One writer, one pass: a second read of the FIFO would wait for a writer that never comes.
+      const writer = spawn("sh", ["-c", 'cat "$1" > "$2"', "sh", args[i + 1], fifo]);
+      args[i + 1] = fifo;
+      const out = path.join(tmp, `${name}-fifo.png`);
+      const r = runCli([...args, "--quiet", "-o", out], { timeoutMs: 60_000 });
+      writer.kill();
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expectImageClose((await pixels(out)).data, fx.tensor("pipe.nocfg.image_u8").data as Uint8Array);
     });
 
     it("--subject-image - reads the picture from stdin", async () => {
