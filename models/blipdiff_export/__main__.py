@@ -108,4 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     signals.install()
-    sys.exit(main())
+    code = main()
+    signals.ignore_for_exit()
+    sys.exit(code)

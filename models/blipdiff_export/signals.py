@@ -55,13 +55,22 @@ def _ignore_signals() -> None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    # Later signals land here too and are dropped. The handler stays installed rather than switching to
+    # SIG_IGN: a signal already caught at the C level while Python's handler changes to SIG_IGN is reported
+    # by CPython as "OSError: Signal N ignored due to race condition" at an arbitrary point (seen with bursts).
     if _State.stopping is not None or _State.committing:
-        return  # a signal that arrived before the first one's handler set SIG_IGN
+        return
     _State.stopping = signum
-    _ignore_signals()
     if _State.shield == 0:
         _State.raised = True
         raise Interrupted(signum)
+
+
+def ignore_for_exit() -> None:
+    """Called as the process ends, after any cleanup: signals from here on cannot kill it or print a traceback."""
+    if _State.installed:
+        with contextlib.suppress(OSError):
+            _ignore_signals()
 
 
 @contextlib.contextmanager
@@ -80,9 +89,7 @@ def shielded() -> Iterator[None]:
 @contextlib.contextmanager
 def committing() -> Iterator[None]:
     """The finished output is moved into place: from here on, signals no longer stop the export."""
-    _State.committing = True
-    if _State.installed:
-        _ignore_signals()
+    _State.committing = True  # the handler drops signals from here on
     yield
 
 
