@@ -183,6 +183,8 @@ export interface NativeMemoryStats {
   cpuCacheHits: number;
   /** Large allocations that went to the system allocator. */
   cpuCacheMisses: number;
+  /** Bytes of those system allocations advised for transparent huge pages (BLIPDIFF_HUGEPAGES=0: none). */
+  cpuHugePageBytes: number;
 }
 
 export interface NativeAddon {

@@ -34,6 +34,9 @@ for (const name of fixtureNames()) {
       const after = addon().memoryStats();
       await p.dispose();
       expect(after.cpuCacheHits - before.cpuCacheHits).toBeGreaterThan(after.cpuCacheMisses - before.cpuCacheMisses);
+      // The load and the first activations went to the system: their 2 MiB-aligned interiors were advised.
+      expect(after.cpuHugePageBytes).toBeGreaterThan(0);
+      expect(after.cpuHugePageBytes % (2 << 20)).toBe(0);
       expect(addon().memoryStats().cpuCachedBytes).toBe(0); // dispose releases the cache
 
       const script = `
@@ -45,7 +48,7 @@ for (const name of fixtureNames()) {
         const p = new a.Pipeline();
         p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: false })
           .then(() => p.generate(params))
-          .then((r) => { if (a.memoryStats().cpuCacheHits !== 0) throw new Error("cache active");
+          .then((r) => { if (a.memoryStats().cpuCacheHits !== 0 || a.memoryStats().cpuHugePageBytes !== 0) throw new Error("cache active");
                          process.stdout.write(JSON.stringify(r.images.map((i) => Buffer.from(i.data).toString("base64")))); })
           .catch((e) => { console.error(e.message); process.exit(1); });`;
       const q = params();

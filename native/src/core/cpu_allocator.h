@@ -16,6 +16,7 @@ struct CpuCacheStats {
   size_t cached_bytes = 0;  // held in the cache, free for reuse
   size_t hits = 0;          // large allocations served from the cache
   size_t misses = 0;        // large allocations that went to the system allocator
+  size_t huge_page_bytes = 0;  // bytes of those allocations advised for transparent huge pages (MADV_HUGEPAGE)
 };
 CpuCacheStats cpu_cache_stats();
 

@@ -32,6 +32,7 @@ Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   out.Set("cpuCachedBytes", Napi::Number::New(env, double(stats.cached_bytes)));
   out.Set("cpuCacheHits", Napi::Number::New(env, double(stats.hits)));
   out.Set("cpuCacheMisses", Napi::Number::New(env, double(stats.misses)));
+  out.Set("cpuHugePageBytes", Napi::Number::New(env, double(stats.huge_page_bytes)));
   return out;
 }
 
