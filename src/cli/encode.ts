@@ -3,17 +3,17 @@ import { Command, Option } from "commander";
 import path from "node:path";
 import { loadAddon } from "../bindings/index.js";
 import { AbortError } from "../errors.js";
-import { decodeRgb, readSource, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
+import { stdinIsTerminal } from "../image/decode.js";
 import { serializeSubjectEmbedding } from "../pipeline/embedding.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { DEFAULTS, parseDType, parseDevice } from "../pipeline/options.js";
-import { BlipDiffusionPipeline, resolveDevice } from "../pipeline/pipeline.js";
+import { resolveDevice } from "../pipeline/pipeline.js";
 import { checkSubjectText } from "../pipeline/preflight.js";
 import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
-import { UsageError, asUsage, asUsageAsync } from "./errors.js";
+import { UsageError, asUsage } from "./errors.js";
 import { checkOutputFile, writeOutputFile } from "./output.js";
 import { Progress } from "./progress.js";
-import { ENV_HELP, addModelOptions, collect, defaultModelDir } from "./shared.js";
+import { ENV_HELP, addModelOptions, collect, defaultModelDir, loadPipeline, readPictures } from "./shared.js";
 
 interface EncodeFlags {
   model?: string;
@@ -59,26 +59,11 @@ async function runEncode(f: EncodeFlags, signal: AbortSignal): Promise<void> {
   checkOutputFile(out, f.force === true);
   const manifest = readManifest(f.model ?? defaultModelDir());
   asUsage(() => checkSubjectText(manifest, f.subject));
-  const pictures: NamedBytes[] = [];
-  for (const src of f.subjectImage) {
-    const bytes = await readSource(src, "subject image");
-    await decodeRgb(bytes, { label: "subject image" });
-    pictures.push(bytes);
-  }
+  const pictures = await readPictures(f.subjectImage, "subject image");
   asUsage(() => resolveDevice(loadAddon(), device, dtype));
   if (signal.aborted) throw new AbortError();
 
-  progress.phase("loading the model");
-  const pipe = await asUsageAsync(() =>
-    BlipDiffusionPipeline.load(manifest, {
-      device,
-      dtype,
-      verifyChecksums: f.verifyChecksums,
-      subjectOnly: true,
-      signal,
-      onWarning: (w) => progress.warn(w),
-    }),
-  );
+  const pipe = await loadPipeline(manifest, { device, dtype, verifyChecksums: f.verifyChecksums, subjectOnly: true }, progress, signal);
   try {
     progress.phase("encoding the subject");
     const emb = await pipe.encodeSubject({ images: pictures, subject: f.subject, crop, signal });

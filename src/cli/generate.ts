@@ -2,17 +2,17 @@
 import { Command, Option } from "commander";
 import { loadAddon } from "../bindings/index.js";
 import { AbortError } from "../errors.js";
-import { decodeRgb, readSource, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
+import { stdinIsTerminal } from "../image/decode.js";
 import { readManifest } from "../pipeline/manifest.js";
 import { loadSubjectEmbedding } from "../pipeline/embedding.js";
 import { DEFAULTS, SCHEDULERS, parseDType, parseDevice, parseScheduler } from "../pipeline/options.js";
-import { BlipDiffusionPipeline, resolveDevice } from "../pipeline/pipeline.js";
+import { resolveDevice } from "../pipeline/pipeline.js";
 import { preflightGenerate } from "../pipeline/preflight.js";
 import { SUBJECT_CROPS, parseSubjectCrop } from "../pipeline/preprocess.js";
-import { UsageError, asUsage, asUsageAsync } from "./errors.js";
+import { UsageError, asUsage } from "./errors.js";
 import { planOutput, writeImages } from "./output.js";
 import { Progress } from "./progress.js";
-import { ENV_HELP, addModelOptions, collect, defaultModelDir, parseFloatArg, parseIntArg } from "./shared.js";
+import { ENV_HELP, addModelOptions, collect, defaultModelDir, loadPipeline, parseFloatArg, parseIntArg, readPictures } from "./shared.js";
 
 interface GenerateFlags {
   model?: string;
@@ -103,30 +103,13 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
   );
   const sampling = pre.sampling;
   const plan = planOutput(f.output, { n: sampling.n, seed: sampling.seed, json: f.json === true, force: f.force === true });
-  // Each picture is read once (stdin, a FIFO) and checked now; the pipeline decodes the same bytes.
-  const pictures: NamedBytes[] = [];
-  for (const src of images) {
-    const bytes = await readSource(src, "subject image");
-    await decodeRgb(bytes, { label: "subject image" });
-    pictures.push(bytes);
-  }
-  const control = f.controlImage ? await readSource(f.controlImage, "control image") : undefined;
-  if (control) await decodeRgb(control, { label: "control image" });
+  const pictures = await readPictures(images, "subject image");
+  const [control] = f.controlImage ? await readPictures([f.controlImage], "control image") : [];
   asUsage(() => resolveDevice(loadAddon(), device, dtype));
   for (const w of pre.warnings) progress.warn(w);
   if (signal.aborted) throw new AbortError();
 
-  progress.phase("loading the model");
-  const pipe = await asUsageAsync(() =>
-    BlipDiffusionPipeline.load(manifest, {
-      device,
-      dtype,
-      verifyChecksums: f.verifyChecksums,
-      optimize: f.optimize === true,
-      signal,
-      onWarning: (w) => progress.warn(w),
-    }),
-  );
+  const pipe = await loadPipeline(manifest, { device, dtype, verifyChecksums: f.verifyChecksums, optimize: f.optimize === true }, progress, signal);
   try {
     progress.phase(pictures.length > 0 ? "encoding the subject" : "encoding the prompt");
     const res = await pipe.generate({

@@ -2,7 +2,12 @@
 import { type Command, InvalidArgumentError } from "commander";
 import os from "node:os";
 import path from "node:path";
+import { decodeRgb, readSource, type NamedBytes } from "../image/decode.js";
+import type { ModelManifest } from "../pipeline/manifest.js";
 import { DEFAULTS } from "../pipeline/options.js";
+import { BlipDiffusionPipeline, type LoadOptions } from "../pipeline/pipeline.js";
+import { asUsageAsync } from "./errors.js";
+import type { Progress } from "./progress.js";
 
 /** The model folder used when --model is not given: $BLIPDIFF_MODEL, else ~/.cache/blipdiff/models/blipdiffusion. */
 export function defaultModelDir(): string {
@@ -43,4 +48,26 @@ export function addModelOptions(cmd: Command): Command {
     .option("--device <device>", "auto, cpu, cuda or cuda:N (env BLIPDIFF_DEVICE)", process.env.BLIPDIFF_DEVICE ?? DEFAULTS.device)
     .option("--dtype <dtype>", "auto, float32, float16 or bfloat16 (env BLIPDIFF_DTYPE)", process.env.BLIPDIFF_DTYPE ?? DEFAULTS.dtype)
     .option("--no-verify-checksums", "skip the sha256 check of the module files");
+}
+
+/** Reads each picture once (stdin, a FIFO) and checks that it decodes; the pipeline decodes the same bytes later. */
+export async function readPictures(sources: string[], label: string): Promise<NamedBytes[]> {
+  const pictures: NamedBytes[] = [];
+  for (const src of sources) {
+    const bytes = await readSource(src, label);
+    await decodeRgb(bytes, { label });
+    pictures.push(bytes);
+  }
+  return pictures;
+}
+
+/** The model load of every command: progress, Ctrl-C and libtorch's warnings wired to the CLI. */
+export function loadPipeline(
+  manifest: ModelManifest,
+  options: LoadOptions,
+  progress: Progress,
+  signal: AbortSignal,
+): Promise<BlipDiffusionPipeline> {
+  progress.phase("loading the model");
+  return asUsageAsync(() => BlipDiffusionPipeline.load(manifest, { ...options, signal, onWarning: (w) => progress.warn(w) }));
 }

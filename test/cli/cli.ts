@@ -3,6 +3,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { exportRoot, repoRoot } from "../helpers/fixtures.js";
+import type { GoldenFixture } from "../unit/golden.js";
 
 export { exportRoot, repoRoot };
 
@@ -50,4 +51,28 @@ export function addonBuilt(): boolean {
 /** The non-empty lines of a stream. */
 export function lines(s: string): string[] {
   return s.split("\n").filter((l) => l.trim() !== "");
+}
+
+/** `generate` arguments of one of the fixture's pipeline cases (as the reference was called), without -o. */
+export function caseArgs(fx: GoldenFixture, name: string): string[] {
+  const k = fx.json.cases.pipeline.cases[name].call_kwargs;
+  return [
+    "generate",
+    "--model", modelDir(fx.name, fx.json.cases.pipeline.cases[name].checkpoint),
+    "--subject-image", path.join(fx.dir, k.reference_image),
+    "--subject", k.source_subject_category,
+    "--target-subject", k.target_subject_category,
+    "--prompt", k.prompt,
+    "--negative-prompt", k.neg_prompt,
+    "--steps", String(k.num_inference_steps),
+    "--guidance", String(k.guidance_scale),
+    "--width", String(k.width),
+    "--height", String(k.height),
+    "--prompt-strength", String(k.prompt_strength),
+    "--prompt-reps", String(k.prompt_reps),
+    "--seed", String(k.latents_seed),
+    "--device", "cpu",
+    // The reference's own (misspelled) keyword for the ControlNet condition.
+    ...(k.condtioning_image ? ["--control-image", path.join(fx.dir, k.condtioning_image)] : []),
+  ];
 }

@@ -8,7 +8,7 @@ import path from "node:path";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
 import { fixtureNames, loadFixture } from "../unit/golden.js";
-import { buildCli, modelDir, repoRoot, runCli } from "./cli.js";
+import { buildCli, caseArgs, modelDir, repoRoot, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-ddim-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -52,26 +52,7 @@ for (const name of fixtureNames()) {
       const k = fx.json.cases.pipeline.cases.cfg.call_kwargs;
       const model = modelDir(name);
       const out = path.join(tmp, `${name}-ddim.png`);
-      const r = runCli([
-        "generate",
-        "--model", model,
-        "--subject-image", path.join(fx.dir, k.reference_image),
-        "--subject", k.source_subject_category,
-        "--target-subject", k.target_subject_category,
-        "--prompt", k.prompt,
-        "--negative-prompt", k.neg_prompt,
-        "--steps", String(k.num_inference_steps),
-        "--guidance", String(k.guidance_scale),
-        "--width", String(k.width),
-        "--height", String(k.height),
-        "--prompt-strength", String(k.prompt_strength),
-        "--prompt-reps", String(k.prompt_reps),
-        "--seed", String(k.latents_seed),
-        "--scheduler", "ddim",
-        "--device", "cpu",
-        "--quiet",
-        "-o", out,
-      ]);
+      const r = runCli([...caseArgs(fx, "cfg"), "--scheduler", "ddim", "--quiet", "-o", out]);
       expect(r.stderr).toBe("");
       expect(r.code).toBe(0);
 

@@ -7,34 +7,11 @@ import path from "node:path";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
 import { readPngText } from "../../src/image/png-text.js";
-import { fixtureNames, loadFixture, type GoldenFixture } from "../unit/golden.js";
-import { buildCli, lines, modelDir, repoRoot, runCli } from "./cli.js";
+import { fixtureNames, loadFixture } from "../unit/golden.js";
+import { buildCli, caseArgs, lines, modelDir, repoRoot, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-cli-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-function caseArgs(fx: GoldenFixture, name: string): string[] {
-  const k = fx.json.cases.pipeline.cases[name].call_kwargs;
-  return [
-    "generate",
-    "--model", modelDir(fx.name, fx.json.cases.pipeline.cases[name].checkpoint),
-    "--subject-image", path.join(fx.dir, k.reference_image),
-    "--subject", k.source_subject_category,
-    "--target-subject", k.target_subject_category,
-    "--prompt", k.prompt,
-    "--negative-prompt", k.neg_prompt,
-    "--steps", String(k.num_inference_steps),
-    "--guidance", String(k.guidance_scale),
-    "--width", String(k.width),
-    "--height", String(k.height),
-    "--prompt-strength", String(k.prompt_strength),
-    "--prompt-reps", String(k.prompt_reps),
-    "--seed", String(k.latents_seed),
-    "--device", "cpu",
-    // The reference's own (misspelled) keyword for the ControlNet condition.
-    ...(k.condtioning_image ? ["--control-image", path.join(fx.dir, k.condtioning_image)] : []),
-  ];
-}
 
 /** Decoded RGB pixels of an image file or buffer. */
 async function pixels(src: string | Buffer): Promise<{ data: Buffer; width: number; height: number }> {
