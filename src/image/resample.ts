@@ -189,6 +189,5 @@ export function resizeBicubic(
   height: number,
   box: [number, number, number, number] = [0, 0, src.width, src.height],
 ): RawImage {
-  checkInput(src, width, height);
   return resizeBicubicWindow(src, width, height, [0, 0, width, height], box);
 }

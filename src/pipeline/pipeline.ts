@@ -139,11 +139,6 @@ function asArray<T>(v: T | T[]): T[] {
   return Array.isArray(v) ? v : [v];
 }
 
-/** Drains the warnings libtorch raised during the native call that just ended (c10 handler in native/core). */
-function takeNativeWarnings(native: NativePipeline): string[] {
-  return native.takeWarnings();
-}
-
 /** Runs a native call with `signal` wired to the pipeline's abort(); an abort rejects with an AbortError. */
 async function abortable<T>(native: NativePipeline, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
   if (signal?.aborted) throw new AbortError();
@@ -185,7 +180,7 @@ export class BlipDiffusionPipeline {
     const { device, dtype } = resolveDevice(addon, options.device ?? DEFAULTS.device, options.dtype ?? DEFAULTS.dtype);
     const native = new addon.Pipeline();
     const report = (): void => {
-      for (const w of takeNativeWarnings(native)) options.onWarning?.(w);
+      for (const w of native.takeWarnings()) options.onWarning?.(w);
     };
     try {
       await abortable(native, options.signal, () =>
@@ -209,7 +204,7 @@ export class BlipDiffusionPipeline {
 
   /** Hands the native warnings of the last call to onWarning (and returns them). */
   private nativeWarnings(): string[] {
-    const ws = takeNativeWarnings(this.native);
+    const ws = this.native.takeWarnings();
     for (const w of ws) this.onWarning?.(w);
     return ws;
   }
