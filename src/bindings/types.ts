@@ -71,6 +71,8 @@ export interface NativeGenerateParams {
   conditioningScale?: number;
   /** Return the latents after every scheduler step (image 0 only) and the final decoder input. */
   recordSteps?: boolean;
+  /** Fine-tuned UNet weights (full or LoRA) for this call only. */
+  unet?: NativeUnetOverride;
 }
 
 export interface NativeProgress {
@@ -103,6 +105,93 @@ export interface NativeGenerateResult {
   vaeInput?: NativeTensor;
 }
 
+/** A tensor as raw little-endian bytes in a safetensors dtype (fine-tuned weights crossing the boundary). */
+export interface NativeRawTensor {
+  dtype: "F32" | "F16";
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** UNet weights that replace the loaded ones for one generate() call; the loaded module is unchanged afterwards. */
+export type NativeUnetOverride =
+  | {
+      /** Full fine-tune: every UNet parameter by its diffusers name (e.g. "conv_in.weight", no "unet." prefix). */
+      mode: "full";
+      tensors: Record<string, NativeRawTensor>;
+    }
+  | {
+      /**
+       * LoRA: W' = W + scale * up @ down for each module (diffusers names, e.g.
+       * "mid_block.attentions.0.transformer_blocks.0.attn1.to_q"): keys "<module>.lora.down.weight" [r, in] and
+       * "<module>.lora.up.weight" [out, r].
+       */
+      mode: "lora";
+      scale: number;
+      tensors: Record<string, NativeRawTensor>;
+    };
+
+/** Explicit random draws of a fine-tune (replaces the seed's draws; tests and --draws use this). */
+export interface NativeFinetuneDraws {
+  /** [steps * batch] row-major: training-picture index of each sample. */
+  index: Int32Array;
+  /** [steps * batch] row-major: DDPM training timestep of each sample, in [0, num_train_timesteps). */
+  timesteps: Int32Array;
+  /** [steps, batch, C, h, w] standard normal: the VAE posterior-sample noise. */
+  epsVae: NativeTensor;
+  /** [steps, batch, C, h, w]: the noise added to the latents (the regression target). */
+  noise: NativeTensor;
+  /** LoRA: the initial A [rank, in] of each module, by module name; modules not given draw A from the seed. */
+  loraInit?: Record<string, NativeTensor>;
+}
+
+export interface NativeFinetuneParams {
+  mode: "full" | "lora";
+  /** [N, 3, S, S] target pictures in [-1, 1] (LAVIS's preparation); S a multiple of the latent scale. */
+  targets: NativeTensor;
+  /** CLIP ids of the caption "a {subject}", unpadded (BOS ... EOS). */
+  captionIds: Int32Array;
+  /** [1, Q, D] initial subject embedding (the mean Q-Former output over the pictures). */
+  ctxInit: NativeTensor;
+  steps: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  /** LoRA rank (mode "lora"). */
+  loraRank?: number;
+  /** LoRA alpha; the update is scaled by alpha / rank. Defaults to the rank. */
+  loraAlpha?: number;
+  /** Seeds every draw (index, timesteps, VAE noise, noise, LoRA A) unless `draws` is given. */
+  seed: number;
+  draws?: NativeFinetuneDraws;
+  /** dtype of the returned `tensors`. */
+  saveDtype: "float32" | "float16";
+  /** Return step 0's intermediates and gradients in `step0`. */
+  record?: boolean;
+}
+
+export interface NativeFinetuneProgress {
+  /** 1-based optimizer step, sent when the step is done. */
+  step: number;
+  total: number;
+  /** The loss of that step (before its update). */
+  loss: number;
+}
+
+export interface NativeFinetuneResult {
+  /** One per step: the loss before that step's update. */
+  losses: number[];
+  /** [1, Q, D] trained subject embedding, float32. */
+  ctx: NativeTensor;
+  /**
+   * Trained UNet tensors in `saveDtype`, without the "unet." prefix: mode "full", every UNet parameter by its
+   * diffusers name; mode "lora", "<module>.lora.down.weight" (A) and "<module>.lora.up.weight" (B) per module.
+   */
+  tensors: Record<string, NativeRawTensor>;
+  timings: { prepareMs: number; trainMs: number; totalMs: number };
+  /** With `record`: step 0's latents, noisy latents, text states [B, L+Q, D] and gradients ("cache", "unet.<param>" or "<module>.A"/"<module>.B"). */
+  step0?: { latents: NativeTensor; noisy: NativeTensor; states: NativeTensor; grads: Record<string, NativeTensor> };
+}
+
 /**
  * `code` of the Errors the native calls reject with (besides Node's ERR_INVALID_ARG_TYPE/VALUE for
  * TypeError/RangeError): ERR_BLIPDIFF_NONFINITE is a NaN/Inf input (queryEmbeds, latents, controlImage) or
@@ -117,6 +206,7 @@ export type NativeErrorCode =
   | "ERR_BLIPDIFF_RUNTIME"
   | "ERR_BLIPDIFF_NONFINITE"
   | "ERR_BLIPDIFF_DISPOSED"
+  | "ERR_BLIPDIFF_OOM"
   | "ABORT_ERR";
 
 export interface NativePipeline {
@@ -128,6 +218,12 @@ export interface NativePipeline {
    */
   encodeSubject(pixels: NativeTensor, ids: Int32Array, mask: Int32Array, shape: [number, number]): Promise<NativeTensor>;
   generate(params: NativeGenerateParams, onProgress?: (p: NativeProgress) => void): Promise<NativeGenerateResult>;
+  /**
+   * Fine-tunes a copy of the UNet (full) or LoRA adapters, and the subject embedding, on the loaded model; the
+   * loaded modules are unchanged afterwards. Cancelled by abort() between steps (ABORT_ERR). Out-of-memory
+   * rejects with ERR_BLIPDIFF_OOM.
+   */
+  finetune(params: NativeFinetuneParams, onProgress?: (p: NativeFinetuneProgress) => void): Promise<NativeFinetuneResult>;
   /**
    * Cancels every running call: generate() between steps, load() between checksum chunks (1 MiB) and
    * between modules, encodeSubject() before or after its Q-Former call. Each rejects with an Error whose
