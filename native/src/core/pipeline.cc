@@ -15,6 +15,7 @@
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
 #include "core/unet_weights.h"
+#include "core/verify.h"
 
 namespace blipdiff {
 
@@ -294,7 +295,33 @@ FinetuneResult Pipeline::finetune(const FinetuneParams& params, const FinetunePr
   const c10::Device device(device_name_);
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
-  return run_finetune(*models_, spec_, device, dtype_, params, progress, cancel);
+  // Full mode on float32 modules trains the loaded UNet in place (no second copy of its weights), then loads it
+  // again from its file, however the fine-tune ends. If that fails, the pipeline is unloaded rather than left
+  // with trained weights.
+  const bool in_place = params.mode == FinetuneMode::kFull && dtype_ == DType::kFloat32;
+  auto reload_unet = [&] {
+    if (!in_place) return;
+    try {
+      if (options_.verify_checksums) verify_files({{"unet", spec_.unet}}, nullptr);
+      models_->unet = torch::jit::Module();  // frees the trained weights before the load
+      release_cached_cpu_memory();
+      models_->unet = load_module(spec_.unet, "unet", options_, device);
+    } catch (...) {
+      models_.reset();
+      release_cached_cpu_memory();
+      rethrow_with_context("while restoring the UNet after fine-tuning (the model was unloaded; load it again)");
+    }
+  };
+  FinetuneResult result;
+  try {
+    result = run_finetune(*models_, spec_, device, dtype_, params, progress, cancel, in_place);
+  } catch (...) {
+    const std::exception_ptr error = std::current_exception();
+    reload_unet();
+    std::rethrow_exception(error);
+  }
+  reload_unet();
+  return result;
 }
 
 }  // namespace blipdiff

@@ -167,7 +167,7 @@ void FinetuneParams::validate(const ModelSpec& spec) const {
 
 FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c10::Device& device, DType dtype,
                             const FinetuneParams& p, const FinetuneProgressFn& progress,
-                            const std::atomic<bool>& cancel) {
+                            const std::atomic<bool>& cancel, bool train_in_place) {
   p.validate(spec);
   const auto start = Clock::now();
   const at::ScalarType model_dtype = to_scalar_type(dtype);
@@ -216,8 +216,13 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
     const double lora_scale = p.lora_alpha / static_cast<double>(p.lora_rank);
     if (p.mode == FinetuneMode::kFull) {
       for (const std::string& name : swap.parameter_names()) {
-        at::Tensor t = trainable_copy(swap.get(name));
-        swap.set(name, t);
+        at::Tensor t = swap.get(name);
+        if (train_in_place && t.scalar_type() == at::kFloat) {
+          t.requires_grad_(true);
+        } else {
+          t = trainable_copy(t);
+          swap.set(name, t);
+        }
         full_params.emplace_back(name, t);
         named.emplace_back("unet." + name, t);
       }
