@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { loadedAddon, packageRoot } from "../bindings/index.js";
 import { messageOf } from "../errors.js";
-import { removePartialFiles } from "../image/encode.js";
+import { removePartialFiles } from "../io/atomic.js";
 import { ChildExit, convertCommand } from "./convert.js";
 import { encodeCommand } from "./encode.js";
 import { EXIT, exitCodeFor } from "./errors.js";
