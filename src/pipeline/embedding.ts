@@ -1,6 +1,8 @@
 // Subject embeddings on disk: a safetensors file with one F32 tensor `query_embeds` [1, Q, D] and string
-// metadata (format, subject, source images, model) in `__metadata__`.
+// metadata (format, subject, source images, model) in `__metadata__`. (Fine-tuned subjects, which carry UNet
+// weights too, have their own format: src/finetune/file.ts.)
 import type { NativeTensor } from "../bindings/types.js";
+import type { FinetuneInfo } from "../finetune/file.js";
 import { InputError, messageOf } from "../errors.js";
 import { writeFileAtomic } from "../io/atomic.js";
 import { SafetensorsError, SafetensorsReader, firstNonFinite, fromFloat32, serializeSafetensors, toFloat32 } from "../io/safetensors.js";
@@ -20,6 +22,11 @@ export interface SubjectEmbedding {
   sourceImages: string[];
   /** Identifies the model that made it: manifest source and the Q-Former module's sha256. */
   model: { checkpoint?: string; qformerSha256?: string };
+  /**
+   * Set for a fine-tuned subject (`blipdiff finetune`, {@link BlipDiffusionPipeline.finetune}): the UNet weights that
+   * generate() uses with this embedding, and the base model they belong to.
+   */
+  finetune?: FinetuneInfo;
 }
 
 /** The safetensors metadata of an encode file. */
@@ -123,12 +130,14 @@ export interface EmbeddingShape {
 export function checkSubjectEmbedding(e: SubjectEmbedding, expected: EmbeddingShape, source = "the subject embedding"): void {
   const { data, shape } = e.queryEmbeds;
   const want = [1, expected.numQueryTokens, expected.dim];
+  const command = e.finetune ? "blipdiff finetune" : "blipdiff encode";
   if (!Array.isArray(shape) || shape.length !== 3 || shape.some((d, i) => d !== want[i]))
     throw new InputError(
-      `${source} has shape [${Array.isArray(shape) ? shape.join(", ") : String(shape)}], this model needs [${want.join(", ")}]; re-run \`blipdiff encode\` with this model`,
+      `${source} has shape [${Array.isArray(shape) ? shape.join(", ") : String(shape)}], this model needs [${want.join(", ")}]; re-run \`${command}\` with this model`,
     );
+  const redo = `make it again with \`${command}\``;
   if (data.length !== want[0] * want[1] * want[2])
-    throw new InputError(`${source} holds ${data.length} values, its shape [${want.join(", ")}] needs ${want[1] * want[2]}; ${REDO}`);
+    throw new InputError(`${source} holds ${data.length} values, its shape [${want.join(", ")}] needs ${want[1] * want[2]}; ${redo}`);
   const at = firstNonFinite(data);
-  if (at >= 0) throw new InputError(`${source} contains non-finite values (${data[at]} at index ${at}); ${REDO}`);
+  if (at >= 0) throw new InputError(`${source} contains non-finite values (${data[at]} at index ${at}); ${redo}`);
 }
