@@ -207,6 +207,11 @@ export function verifyTokenizerChecksums(m: ModelManifest): void {
   }
 }
 
+/** How a model is named in parameters and metadata: its checkpoint (or folder name), marked when its weights are random. */
+export function modelLabel(m: ModelManifest): string {
+  return (typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir)) + (m.source.random_weights === true ? " (random weights)" : "");
+}
+
 /** A short human-readable summary (blipdiff info --model). */
 export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
   const c = (m.raw.config ?? {}) as Obj;
