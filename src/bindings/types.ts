@@ -187,7 +187,8 @@ export interface NativeFinetuneResult {
    * diffusers name; mode "lora", "<module>.lora.down.weight" (A) and "<module>.lora.up.weight" (B) per module.
    */
   tensors: Record<string, NativeRawTensor>;
-  timings: { prepareMs: number; trainMs: number; totalMs: number };
+  /** prepareMs: VAE moments of the pictures, trainable tensors, optimizer; stepMs: each step's time. */
+  timings: { prepareMs: number; trainMs: number; totalMs: number; stepMs: number[] };
   /** With `record`: step 0's latents, noisy latents, text states [B, L+Q, D] and gradients ("cache", "unet.<param>" or "<module>.A"/"<module>.B"). */
   step0?: { latents: NativeTensor; noisy: NativeTensor; states: NativeTensor; grads: Record<string, NativeTensor> };
 }
@@ -219,8 +220,9 @@ export interface NativePipeline {
   encodeSubject(pixels: NativeTensor, ids: Int32Array, mask: Int32Array, shape: [number, number]): Promise<NativeTensor>;
   generate(params: NativeGenerateParams, onProgress?: (p: NativeProgress) => void): Promise<NativeGenerateResult>;
   /**
-   * Fine-tunes a copy of the UNet (full) or LoRA adapters, and the subject embedding, on the loaded model; the
-   * loaded modules are unchanged afterwards. Cancelled by abort() between steps (ABORT_ERR). Out-of-memory
+   * Fine-tunes the UNet (full) or LoRA adapters, and the subject embedding, on the loaded model; the loaded
+   * modules are unchanged afterwards (full mode in float32 trains the loaded UNet in place and reloads it from its
+   * file at the end). Cancelled by abort() between steps (ABORT_ERR). Out-of-memory
    * rejects with ERR_BLIPDIFF_OOM.
    */
   finetune(params: NativeFinetuneParams, onProgress?: (p: NativeFinetuneProgress) => void): Promise<NativeFinetuneResult>;

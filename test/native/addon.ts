@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
-import type { NativeAddon, NativeModelSpec, NativeTensor } from "../../src/bindings/types.js";
+import type { NativeAddon, NativeGenerateParams, NativeModelSpec, NativeTensor } from "../../src/bindings/types.js";
 import { Fixture, repoRoot } from "../helpers/fixtures.js";
 
 /** The addon under test: BLIPDIFF_ADDON (as src/bindings), else native/build/Release/blipdiff.node. */
@@ -64,4 +64,38 @@ export function compare(a: ArrayLike<number>, b: ArrayLike<number>, atol = 1e-4,
     if (!(d <= atol + rtol * Math.abs(b[i]))) ok = false;
   }
   return { max, ok };
+}
+
+/** Ids of a tokenizer check (golden.json), padded with its last id (EOS) to `length`. */
+export function padIds(f: Fixture, text: string, length: number): Int32Array {
+  const check = (f.json.tokenizer_checks.clip as Array<{ text: string; ids: number[] }>).find((c) => c.text === text);
+  if (!check) throw new Error(`no tokenizer check for ${text}`);
+  const out = new Int32Array(length).fill(check.ids[check.ids.length - 1]);
+  out.set(check.ids);
+  return out;
+}
+
+/** Native parameters of a golden pipeline case, with the golden initial latents and ids. */
+export function caseParams(
+  f: Fixture,
+  caseName: "cfg" | "nocfg" | "cn",
+  extra: Partial<NativeGenerateParams> = {},
+): NativeGenerateParams {
+  const kw = f.json.cases.pipeline.cases[caseName].call_kwargs;
+  const spec = specOf(f.model(caseName === "cn" ? "ckpt-controlnet" : "ckpt"));
+  return {
+    condIds: ids(f, "text.dog.input_ids"),
+    uncondIds: padIds(f, kw.neg_prompt, spec.textMaxLength),
+    queryEmbeds: nt(f, `pipe.${caseName}.query_embeds`),
+    width: kw.width,
+    height: kw.height,
+    steps: kw.num_inference_steps,
+    guidance: kw.guidance_scale,
+    seed: kw.latents_seed,
+    numImages: 1,
+    scheduler: "pndm",
+    latents: nt(f, "pipe.latents"),
+    recordSteps: true,
+    ...extra,
+  };
 }

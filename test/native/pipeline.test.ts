@@ -7,15 +7,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { NativeGenerateParams, NativePipeline, NativeProgress } from "../../src/bindings/types.js";
 import { fixtureNames } from "../helpers/fixtures.js";
-import { addon, compare, fixture, ids, nt, specOf } from "./addon.js";
-
-function padIds(f: ReturnType<typeof fixture>, text: string, length: number): Int32Array {
-  const check = (f.json.tokenizer_checks.clip as Array<{ text: string; ids: number[] }>).find((c) => c.text === text);
-  if (!check) throw new Error(`no tokenizer check for ${text}`);
-  const out = new Int32Array(length).fill(check.ids[check.ids.length - 1]);
-  out.set(check.ids);
-  return out;
-}
+import { addon, caseParams, compare, fixture, ids, nt, specOf } from "./addon.js";
 
 /**
  * Runs `start()` with the test hook BLIPDIFF_TEST_PAUSE_AT=<checkpoint> (native/src/core/diagnostics.h):
@@ -53,31 +45,6 @@ function u8Report(a: Uint8Array, b: Uint8Array): { maxOff: number; offFraction: 
     if (d > 0) off++;
   }
   return { maxOff, offFraction: off / a.length };
-}
-
-/** Native parameters of a golden pipeline case, with the golden initial latents and ids. */
-function caseParams(
-  f: ReturnType<typeof fixture>,
-  caseName: "cfg" | "nocfg" | "cn",
-  extra: Partial<NativeGenerateParams> = {},
-): NativeGenerateParams {
-  const kw = f.json.cases.pipeline.cases[caseName].call_kwargs;
-  const spec = specOf(f.model(caseName === "cn" ? "ckpt-controlnet" : "ckpt"));
-  return {
-    condIds: ids(f, "text.dog.input_ids"),
-    uncondIds: padIds(f, kw.neg_prompt, spec.textMaxLength),
-    queryEmbeds: nt(f, `pipe.${caseName}.query_embeds`),
-    width: kw.width,
-    height: kw.height,
-    steps: kw.num_inference_steps,
-    guidance: kw.guidance_scale,
-    seed: kw.latents_seed,
-    numImages: 1,
-    scheduler: "pndm",
-    latents: nt(f, "pipe.latents"),
-    recordSteps: true,
-    ...extra,
-  };
 }
 
 for (const name of fixtureNames()) {

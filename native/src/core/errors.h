@@ -17,6 +17,7 @@ inline constexpr const char* kModel = "ERR_BLIPDIFF_MODEL";
 inline constexpr const char* kNotLoaded = "ERR_BLIPDIFF_NOT_LOADED";
 inline constexpr const char* kRuntime = "ERR_BLIPDIFF_RUNTIME";
 inline constexpr const char* kNonFinite = "ERR_BLIPDIFF_NONFINITE";
+inline constexpr const char* kOom = "ERR_BLIPDIFF_OOM";
 inline constexpr const char* kAbort = "ABORT_ERR";
 }  // namespace codes
 

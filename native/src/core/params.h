@@ -79,6 +79,16 @@ struct LoadOptions {
   bool subject_only = false;
 };
 
+// Fine-tuned UNet weights applied for one generate() call (core/unet_weights.h); CPU tensors, float32 or float16.
+struct UnetOverride {
+  enum class Mode { kFull, kLora };
+  Mode mode = Mode::kFull;
+  // kFull: every UNet parameter by name ("conv_in.weight"). kLora: "<module>.lora.down.weight" [r, in] and
+  // "<module>.lora.up.weight" [out, r] per adapted Linear module.
+  std::map<std::string, at::Tensor> tensors;
+  double scale = 1.0;  // kLora: alpha / rank
+};
+
 struct GenerateParams {
   std::vector<int64_t> cond_ids;    // textMaxLength - numQueryTokens ids
   std::vector<int64_t> uncond_ids;  // textMaxLength ids; used only when guidance > 1
@@ -94,6 +104,7 @@ struct GenerateParams {
   std::optional<at::Tensor> control_image;  // [1, 3, H, W] in [0, 1]
   double conditioning_scale = 1.0;
   bool record_steps = false;
+  std::optional<UnetOverride> unet;
 
   // Checks everything that does not need the loaded model.
   void validate(const ModelSpec& spec) const;

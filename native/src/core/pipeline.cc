@@ -14,6 +14,8 @@
 #include "core/errors.h"
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
+#include "core/unet_weights.h"
+#include "core/verify.h"
 
 namespace blipdiff {
 
@@ -219,6 +221,16 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     control = cfg ? at::cat({c, c}, 0) : c;
   }
 
+  // Fine-tuned weights for this call only: put back when `swap` goes out of scope, however the call ends.
+  ParamSwap swap(models_->unet);
+  if (params.unet) {
+    try {
+      apply_unet_override(swap, *params.unet, device, dtype);
+    } catch (...) {
+      rethrow_with_context("while applying the fine-tuned UNet weights");
+    }
+  }
+
   for (int64_t i = 0; i < params.num_images; ++i) {
     if (cancel.load()) throw AbortError();
     // 3. Denoising loop.
@@ -261,6 +273,54 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     if (progress) progress({Phase::kDecode, i, 1, 1});
   }
   result.timings.total_ms = ms_since(start);
+  return result;
+}
+
+FinetuneResult Pipeline::finetune(const FinetuneParams& params, const FinetuneProgressFn& progress,
+                                  const std::atomic<bool>& cancel) {
+  if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
+  if (options_.subject_only) {
+    throw Error(codes::kNotLoaded,
+                "the pipeline was loaded for subject encoding only (subjectOnly); load it without subjectOnly to "
+                "fine-tune");
+  }
+  if (options_.optimize) {
+    throw Error(codes::kInvalidArgument,
+                "the pipeline was loaded with optimize (frozen modules cannot train); load it without optimize to "
+                "fine-tune");
+  }
+  ScopedWarningCapture capture(warnings_);
+  require_finite(params.ctx_init, "ctxInit", "the initial subject embedding is not finite");
+  require_finite(params.targets, "targets", "the target pictures' pixel values are not finite");
+  const c10::Device device(device_name_);
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  // Full mode on float32 modules trains the loaded UNet in place (no second copy of its weights), then loads it
+  // again from its file, however the fine-tune ends. If that fails, the pipeline is unloaded rather than left
+  // with trained weights.
+  const bool in_place = params.mode == FinetuneMode::kFull && dtype_ == DType::kFloat32;
+  auto reload_unet = [&] {
+    if (!in_place) return;
+    try {
+      if (options_.verify_checksums) verify_files({{"unet", spec_.unet}}, nullptr);
+      models_->unet = torch::jit::Module();  // frees the trained weights before the load
+      release_cached_cpu_memory();
+      models_->unet = load_module(spec_.unet, "unet", options_, device);
+    } catch (...) {
+      models_.reset();
+      release_cached_cpu_memory();
+      rethrow_with_context("while restoring the UNet after fine-tuning (the model was unloaded; load it again)");
+    }
+  };
+  FinetuneResult result;
+  try {
+    result = run_finetune(*models_, spec_, device, dtype_, params, progress, cancel, in_place);
+  } catch (...) {
+    const std::exception_ptr error = std::current_exception();
+    reload_unet();
+    std::rethrow_exception(error);
+  }
+  reload_unet();
   return result;
 }
 

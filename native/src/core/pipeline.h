@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/diagnostics.h"
+#include "core/finetune/finetune.h"
 #include "core/params.h"
 
 namespace blipdiff {
@@ -41,6 +42,12 @@ class Pipeline {
   // Error(codes::kNonFinite) for NaN/Inf in queryEmbeds, latents or controlImage, or in the latents
   // after denoising (checked before decoding). Progress counts the steps asked for (see denoise.h).
   GenerateResult generate(const GenerateParams& params, const ProgressFn& progress, const std::atomic<bool>& cancel);
+
+  // Fine-tunes the subject embedding and the UNet (full) or LoRA adapters (core/finetune/finetune.h). The loaded
+  // modules are the same afterwards. Refused on a pipeline loaded with subject_only or optimize (frozen modules
+  // cannot train). Throws AbortError when `cancel` becomes true (polled before every step).
+  FinetuneResult finetune(const FinetuneParams& params, const FinetuneProgressFn& progress,
+                          const std::atomic<bool>& cancel);
 
   // The libtorch warnings (TORCH_WARN) raised by this pipeline's calls since the last take, first
   // occurrence of each (every occurrence with BLIPDIFF_DEBUG=1); thread-safe. See core/diagnostics.h.

@@ -9,8 +9,6 @@
 
 namespace blipdiff::napi {
 
-namespace {
-
 [[noreturn]] void type_error(const std::string& what, const std::string& name, const Napi::Value& value) {
   throw ArgError(ArgError::Kind::kType, "Expected " + what + " for " + name + " but received " + describe_value(value));
 }
@@ -39,20 +37,12 @@ std::string string(const Napi::Object& obj, const char* key, const std::string& 
   return v.As<Napi::String>().Utf8Value();
 }
 
+namespace {
+
 ModuleFile module_file(const Napi::Object& modules, const char* key) {
   const std::string name = std::string("modules.") + key;
   const Napi::Object m = object_arg(modules.Get(key), name);
   return {string(m, "path", name + "."), string(m, "sha256", name + ".")};
-}
-
-// Calls `fn` and turns core InvalidArgument errors into RangeErrors.
-template <typename Fn>
-auto ranged(Fn&& fn) {
-  try {
-    return fn();
-  } catch (const InvalidArgument& e) {
-    throw ArgError(ArgError::Kind::kRange, e.what());
-  }
 }
 
 }  // namespace
@@ -244,6 +234,8 @@ GenerateParams generate_params_from_js(const Napi::Value& value) {
     if (!record.IsBoolean()) type_error("a boolean", "params.recordSteps", record);
     p.record_steps = record.As<Napi::Boolean>().Value();
   }
+  const Napi::Value unet = obj.Get("unet");
+  if (!unet.IsUndefined() && !unet.IsNull()) p.unet = unet_override_from_js(unet, "params.unet");
   return p;
 }
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/errors.h"
+#include "core/finetune/finetune.h"
 #include "core/params.h"
 
 namespace blipdiff::napi {
@@ -37,6 +39,24 @@ Napi::Error make_error(Napi::Env env, const ErrorInfo& info);
 std::string describe_value(const Napi::Value& value);
 
 Napi::Object object_arg(const Napi::Value& value, const std::string& name);
+
+// Field readers shared by the converters: TypeError/RangeError naming `prefix + key`.
+[[noreturn]] void type_error(const std::string& what, const std::string& name, const Napi::Value& value);
+[[noreturn]] void range_error(const std::string& what, const std::string& name, const std::string& received);
+double number(const Napi::Object& obj, const char* key, const std::string& prefix);
+int64_t integer(const Napi::Object& obj, const char* key, const std::string& prefix);
+std::string string(const Napi::Object& obj, const char* key, const std::string& prefix);
+
+// Calls `fn` and turns core InvalidArgument errors into RangeErrors.
+template <typename Fn>
+auto ranged(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const InvalidArgument& e) {
+    throw ArgError(ArgError::Kind::kRange, e.what());
+  }
+}
+
 at::Tensor tensor_from_js(const Napi::Value& value, const std::string& name);
 std::vector<int64_t> ids_from_js(const Napi::Value& value, const std::string& name);
 
@@ -48,5 +68,11 @@ SchedulerConfig scheduler_config_from_js(const Napi::Value& value);
 Napi::Object tensor_to_js(Napi::Env env, const at::Tensor& tensor);
 Napi::Object image_to_js(Napi::Env env, const Image& image);
 Napi::Object result_to_js(Napi::Env env, const GenerateResult& result);
+
+// Fine-tuning (finetune_convert.cc).
+FinetuneParams finetune_params_from_js(const Napi::Value& value);
+// NativeUnetOverride -> UnetOverride (tensors copied; float32 or float16).
+UnetOverride unet_override_from_js(const Napi::Value& value, const std::string& name);
+Napi::Object finetune_result_to_js(Napi::Env env, const FinetuneResult& result);
 
 }  // namespace blipdiff::napi

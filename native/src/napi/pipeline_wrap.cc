@@ -39,6 +39,7 @@ Napi::Function PipelineWrap::Init(Napi::Env env) {
                          InstanceMethod<&PipelineWrap::Load>("load"),
                          InstanceMethod<&PipelineWrap::EncodeSubject>("encodeSubject"),
                          InstanceMethod<&PipelineWrap::Generate>("generate"),
+                         InstanceMethod<&PipelineWrap::Finetune>("finetune"),
                          InstanceMethod<&PipelineWrap::Abort>("abort"),
                          InstanceMethod<&PipelineWrap::Dispose>("dispose"),
                          InstanceMethod<&PipelineWrap::TakeWarnings>("takeWarnings"),
@@ -148,6 +149,27 @@ Napi::Value PipelineWrap::Generate(const Napi::CallbackInfo& info) {
     }
     if (!begin_call(env, deferred, cancel)) return deferred.Promise();
     (new GenerateWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
+  } catch (...) {
+    deferred.Reject(make_error(env, capture_error()).Value());
+  }
+  return deferred.Promise();
+}
+
+Napi::Value PipelineWrap::Finetune(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  try {
+    FinetuneParams params = finetune_params_from_js(info[0]);
+    Napi::Function on_progress;
+    if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
+      if (!info[1].IsFunction()) {
+        throw ArgError(ArgError::Kind::kType, "Expected a function for onProgress but received " + describe_value(info[1]));
+      }
+      on_progress = info[1].As<Napi::Function>();
+    }
+    if (!begin_call(env, deferred, cancel)) return deferred.Promise();
+    (new FinetuneWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
   } catch (...) {
     deferred.Reject(make_error(env, capture_error()).Value());
   }

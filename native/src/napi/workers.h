@@ -75,4 +75,19 @@ class GenerateWorker : public Napi::AsyncProgressQueueWorker<Progress> {
   GenerateResult result_;
 };
 
+class FinetuneWorker : public Napi::AsyncProgressQueueWorker<FinetuneProgress> {
+ public:
+  FinetuneWorker(Napi::Env env, CallState call, FinetuneParams params, Napi::Function on_progress);
+  void Execute(const ExecutionProgress& progress) override;
+  void OnProgress(const FinetuneProgress* data, size_t count) override;
+  void OnOK() override;
+  void OnError(const Napi::Error& error) override;
+
+ private:
+  CallState call_;
+  FinetuneParams params_;
+  Napi::FunctionReference on_progress_;
+  FinetuneResult result_;
+};
+
 }  // namespace blipdiff::napi
