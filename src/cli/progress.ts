@@ -42,7 +42,7 @@ export class Progress {
     const now = performance.now();
     if (p.step <= 1 || this.firstStepAt === undefined) this.firstStepAt = { at: now, step: p.step };
     const done = p.step - this.firstStepAt.step;
-    const eta = done > 0 ? ` ETA ${formatDuration(((now - this.firstStepAt.at) / done) * (p.total - p.step))}` : "";
+   const eta = done > 0 ? `, ETA ${formatDuration(((now - this.firstStepAt.at) / done) * (p.total - p.step))}` : "";
     this.phase(`fine-tuning step ${p.step}/${p.total}, loss ${formatLoss(p.loss)}${p.step < p.total ? eta : ""}`);
   }
 

@@ -76,6 +76,8 @@ export interface FinetuneTimings {
   /** The addon's preparation (VAE posteriors, copies of the weights) and training. */
   prepareMs: number;
   trainMs: number;
+  /** Each step's time. */
+  stepMs: number[];
   totalMs: number;
 }
 
@@ -226,7 +228,7 @@ export async function runFinetune(host: FinetuneHost, o: FinetuneOptions): Promi
     embedding,
     tensors: res.tensors,
     parameters,
-    timings: { subjectMs, prepareMs: res.timings.prepareMs, trainMs: res.timings.trainMs, totalMs: performance.now() - t0 },
+    timings: { subjectMs, prepareMs: res.timings.prepareMs, trainMs: res.timings.trainMs, stepMs: res.timings.stepMs ?? [], totalMs: performance.now() - t0 },
     warnings,
   };
 }
