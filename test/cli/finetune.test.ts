@@ -214,8 +214,8 @@ for (const name of finetuneFixtureNames()) {
       expect(g.code, g.stderr).toBe(0);
       const doc = JSON.parse(g.stdout.toString());
       expect(doc.parameters).toMatchObject({ subject: "puppy", finetuned: "full" });
-      // float16 weights move the float32 image by a few levels at most.
-      expect(maxAbsDiff(await pixels(out), fx.raw("ft.gen.image_u8").data)).toBeLessThanOrEqual(8);
+      // float16 weights barely move the float32 run's image (measured: at most 1 level, on 19 of 3072 values).
+      expect(maxAbsDiff(await pixels(out), fx.raw("ft.gen.image_u8").data)).toBeLessThanOrEqual(2);
     });
 
     it("Ctrl-C during fine-tuning exits 130 within a step and leaves no file", async () => {
