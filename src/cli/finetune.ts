@@ -101,6 +101,15 @@ export function expandPictureArgs(args: string[]): string[] {
   return out;
 }
 
+/** The one-line error for an out-of-memory rejection (ERR_BLIPDIFF_OOM): what ran out, and the options that use less. */
+export function outOfMemory(err: unknown, s: { mode: string; batchSize: number; resolution: number }, device: string): Error {
+  const fewer = [`--batch-size (now ${s.batchSize})`, `--resolution (now ${s.resolution})`];
+  const hint = `lower ${fewer.join(" or ")}${s.mode === "full" ? ", use --mode lora" : ""}, or use another --device`;
+  const e = new Error(`out of memory while fine-tuning on ${device}: ${messageOf(err).split("\n")[0]}; to use less memory ${hint}`);
+  (e as { code?: string }).code = "ERR_BLIPDIFF_OOM";
+  return e;
+}
+
 async function runFinetuneCommand(f: FinetuneFlags, signal: AbortSignal): Promise<void> {
   const progress = new Progress(f.quiet === true);
   if (f.subjectImage.filter((s) => s === "-").length > 1) throw new UsageError("only one --subject-image can read stdin");
@@ -155,12 +164,7 @@ async function runFinetuneCommand(f: FinetuneFlags, signal: AbortSignal): Promis
     try {
       res = await pipe.finetune({ ...s, subject: f.subject, images: pictures, subjectCrop: crop, draws: pre.draws, signal, onProgress: (p) => progress.trainStep(p) });
     } catch (err) {
-      if ((err as { code?: string }).code === "ERR_BLIPDIFF_OOM") {
-        const fewer = [`--batch-size (now ${s.batchSize})`, `--resolution (now ${s.resolution})`];
-        const hint = `lower ${fewer.join(" or ")}${s.mode === "full" ? ", use --mode lora" : ""}, or use another --device`;
-        throw new Error(`out of memory while fine-tuning on ${pipe.device}: ${messageOf(err).split("\n")[0]}; to use less memory ${hint}`);
-      }
-      throw err;
+      throw (err as { code?: string }).code === "ERR_BLIPDIFF_OOM" ? outOfMemory(err, s, pipe.device) : err;
     }
     for (const w of res.warnings) progress.warn(w);
     if (signal.aborted) throw new AbortError();

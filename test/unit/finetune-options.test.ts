@@ -89,3 +89,18 @@ describe("fine-tuning options", () => {
     expect(() => resolveFinetune(manifest, { ...res, mode: "lora", loraRank: maxLoraRank(manifest) + 1 })).toThrow(/for loraRank but received/);
   });
 });
+
+describe("out of memory (CLI message)", () => {
+  it("names what ran out and every option that uses less memory, in one line", async () => {
+    const { outOfMemory } = await import("../../src/cli/finetune.js");
+    const native = Object.assign(new Error("CUDA out of memory. Tried to allocate 2.00 GiB\n  (root cause) ..."), { code: "ERR_BLIPDIFF_OOM" });
+    const full = outOfMemory(native, { mode: "full", batchSize: 3, resolution: 512 }, "cuda:0");
+    expect(full.message).toBe(
+      "out of memory while fine-tuning on cuda:0: CUDA out of memory. Tried to allocate 2.00 GiB; to use less memory lower --batch-size (now 3) or --resolution (now 512), use --mode lora, or use another --device",
+    );
+    expect((full as { code?: string }).code).toBe("ERR_BLIPDIFF_OOM");
+    const lora = outOfMemory(native, { mode: "lora", batchSize: 1, resolution: 256 }, "cpu");
+    expect(lora.message).toMatch(/on cpu: .*lower --batch-size \(now 1\) or --resolution \(now 256\), or use another --device$/);
+    expect(lora.message).not.toMatch(/--mode lora/);
+  });
+});
