@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (no Node needed there): builds the C++ harness against that machine's
 # torch, exports the full-size --random-weights model, compares CUDA with the CPU on the same seed, and
-# times the issue's GPU benchmark (512x512, 25 steps, float16; float32 and bfloat16 for comparison).
+# times the issue's GPU benchmark (512x512, 25 steps, float16; float32 and bfloat16 for comparison) and
+# 80 fine-tuning steps of each mode (512x512, batch 3).
 # Results (JSON lines, logs, the raw images' comparison) go to $OUT (default .bench/gpu).
 #   bash scripts/gpu-check.sh            # on the device machine, from the repository root
 #   GPU_CHECK_CPU_ONLY=1 bash scripts/gpu-check.sh   # rehearsal of the same steps on a CPU machine
@@ -79,5 +80,14 @@ kill $smi 2>/dev/null || true
 log "peak GPU memory during the float16 run: $(sort -n "$OUT/gpu-mem-fp16.txt" | tail -1) MiB"
 run gpu-bf16-512 --device cuda --dtype bfloat16 --width 512 --height 512 --steps 25 --runs 3
 run gpu-fp32-512 --device cuda --dtype float32 --width 512 --height 512 --steps 25 --runs 3
+# Fine-tuning (issue #7): 80 steps of each mode at 512x512, batch 3, bf16 autocast with float32 master weights
+# (the pipeline loads in float16; full mode trains float32 copies). Goal on an H100: full <= 15 s, LoRA <= 8 s.
+for mode in lora full; do
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/gpu-mem-ft-$mode.txt" 2>/dev/null &
+  smi=$!
+  run ft-$mode-512x3 --device cuda --dtype float16 --finetune $mode --finetune-steps 80 --finetune-batch 3 --finetune-resolution 512
+  kill $smi 2>/dev/null || true
+  log "peak GPU memory during the $mode fine-tune: $(sort -n "$OUT/gpu-mem-ft-$mode.txt" | tail -1) MiB"
+done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >"$OUT/nvidia-smi.txt" 2>&1 || true
 log "done"

@@ -6,9 +6,12 @@
 //                  [--image-size 224] [--steps-offset 1] [--optimize 0|1] [--per-module-load 0|1]
 // --dump-image FILE writes image 0 of the last run as raw HWC uint8 (to compare devices and dtypes).
 // --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
+// --finetune full|lora times a fine-tune instead of generation: [--finetune-steps 80] [--finetune-batch 3]
+//   [--finetune-resolution 512] [--lora-rank 4] (random target pictures, seeded draws).
 // Prints one JSON line per measurement on stderr and a summary JSON document on stdout.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -39,7 +42,9 @@ int main(int argc, char** argv) {
       {"device", "cpu"}, {"dtype", "float32"}, {"width", "512"}, {"height", "512"}, {"steps", "25"},
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
       {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
-      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}, {"dump-image", ""}};
+      {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}, {"dump-image", ""},
+      {"finetune", ""}, {"finetune-steps", "80"}, {"finetune-batch", "3"}, {"finetune-resolution", "512"},
+      {"lora-rank", "4"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -115,6 +120,45 @@ int main(int argc, char** argv) {
     t0 = std::chrono::steady_clock::now();
     const at::Tensor query = pipeline.encode_subject(pixels, ids, mask);
     const double encode_ms = ms_since(t0);
+
+    if (!args["finetune"].empty()) {
+      blipdiff::FinetuneParams ft;
+      ft.mode = blipdiff::finetune_mode_from_string(args["finetune"]);
+      const int64_t res = integer("finetune-resolution");
+      ft.targets = at::rand({2, 3, res, res}) * 2 - 1;
+      ft.caption_ids = {49406, 320, 1929, 49407};
+      ft.ctx_init = query;
+      ft.steps = integer("finetune-steps");
+      ft.batch_size = integer("finetune-batch");
+      ft.lr = ft.mode == blipdiff::FinetuneMode::kFull ? 5e-6 : 1e-4;
+      ft.lora_rank = integer("lora-rank");
+      ft.lora_alpha = static_cast<double>(ft.lora_rank);
+      ft.seed = static_cast<uint64_t>(integer("seed"));
+      ft.save_dtype = ft.mode == blipdiff::FinetuneMode::kFull ? at::kHalf : at::kFloat;
+      std::atomic<bool> cancel{false};
+      t0 = std::chrono::steady_clock::now();
+      const blipdiff::FinetuneResult r = pipeline.finetune(
+          ft,
+          [](const blipdiff::FinetuneProgress& p) {
+            std::fprintf(stderr, "{\"step\": %lld, \"loss\": %.5f}\n", static_cast<long long>(p.step), p.loss);
+          },
+          cancel);
+      const double total_ms = ms_since(t0);
+      std::vector<double> steps = r.timings.step_ms;
+      std::sort(steps.begin(), steps.end());
+      size_t bytes = 0;
+      for (const auto& [name, t] : r.tensors) bytes += static_cast<size_t>(t.numel()) * t.element_size();
+      for (const std::string& w : pipeline.take_warnings()) std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
+      std::printf(
+          "{\"device\": \"%s\", \"dtype\": \"%s\", \"finetune\": \"%s\", \"resolution\": %lld, \"batch\": %lld, "
+          "\"steps\": %lld, \"loadMs\": %.1f, \"prepareMs\": %.1f, \"trainMs\": %.1f, \"totalMs\": %.1f, "
+          "\"firstStepMs\": %.1f, \"medianStepMs\": %.1f, \"outputBytes\": %zu, \"lastLoss\": %.5f}\n",
+          pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(), args["finetune"].c_str(),
+          static_cast<long long>(res), static_cast<long long>(ft.batch_size), static_cast<long long>(ft.steps), load_ms,
+          r.timings.prepare_ms, r.timings.train_ms, total_ms, r.timings.step_ms.empty() ? 0.0 : r.timings.step_ms[0],
+          steps.empty() ? 0.0 : steps[steps.size() / 2], bytes, r.losses.empty() ? 0.0 : r.losses.back());
+      return 0;
+    }
 
     blipdiff::GenerateParams params;
     const int64_t cond_len = spec.text_max_length - spec.num_query_tokens;
