@@ -63,6 +63,8 @@ const eagerSource = [...(ckpt ? ["--ckpt", path.resolve(ckpt)] : []), ...(random
 // (eager_finetune.py re-executes itself with them), and glibc's defaults on both sides.
 const variants = {
   tuned: { blipdiff: {}, eager: ["--allocator", "tuned"] },
+  // The same, with eager encoding each picture with the VAE once (as blipdiff does) instead of every step (LAVIS).
+  "tuned-cache-vae": { blipdiff: {}, eager: ["--allocator", "tuned", "--cache-vae"] },
   glibc: { blipdiff: { BLIPDIFF_MALLOC_TUNING: "0" }, eager: ["--allocator", "glibc"] },
 };
 const chosen = arg("variants", "tuned").split(",");
@@ -174,7 +176,12 @@ const mbFile = (bytes) => (bytes == null ? "–" : bytes >= 1e9 ? (bytes / 1e6).
 const cell = (r, fn) => (r.error ? `failed: ${r.error}` : fn(r.json));
 let table = "";
 for (const variant of chosen) {
-  table += `\nallocator: ${variant === "tuned" ? "tuned (blipdiff's defaults; eager: the same MALLOC_* and huge pages)" : "glibc defaults on both sides"}; ` +
+  const what = {
+    tuned: "tuned (blipdiff's defaults; eager: the same MALLOC_* and huge pages), eager encodes the VAE every step (LAVIS)",
+    "tuned-cache-vae": "tuned, eager encodes each picture with the VAE once (as blipdiff does)",
+    glibc: "glibc defaults on both sides",
+  }[variant];
+  table += `\nallocator: ${what}; ` +
     `${threads} threads, ${steps} steps (the first is the cold one; "step" is the median of the others)\n\n`;
   table += "| mode | size x batch | pair | blipdiff step (s) | eager step (s) | eager / blipdiff | first step blipdiff / eager (s) " +
     "| process wall blipdiff / eager (s) | peak RSS blipdiff / eager (GB) | output file blipdiff / eager (MB) |\n";

@@ -11,6 +11,16 @@ export type {
   ProgressEvent,
 } from "./pipeline/pipeline.js";
 export { saveSubjectEmbedding, loadSubjectEmbedding, serializeSubjectEmbedding, checkSubjectEmbedding } from "./pipeline/embedding.js";
+export type { FinetuneOptions, FinetuneParameters, FinetuneProgress, FinetuneResult, FinetuneTimings } from "./pipeline/finetune.js";
+export { preflightFinetune } from "./pipeline/finetune.js";
+export { FINETUNE_FORMAT, FINETUNE_VERSION, baseModelOf, checkBaseModel, loadSubjectFile, saveFinetunedSubject } from "./finetune/file.js";
+export type { BaseModelIdentity, FinetuneInfo, FinetuneMode, SaveDType } from "./finetune/file.js";
+export { FINETUNE_DEFAULTS, FINETUNE_LIMITS, maxLoraRank, resolveFinetune } from "./finetune/options.js";
+export type { FinetuneSettings, ResolvedFinetune } from "./finetune/options.js";
+export { checkDraws, readDrawsFile } from "./finetune/draws.js";
+export type { LoadedDraws } from "./finetune/draws.js";
+export { readSafetensors, writeSafetensors, SafetensorsReader, SafetensorsError } from "./io/safetensors.js";
+export type { RawTensor } from "./io/safetensors.js";
 export type { EmbeddingShape, SubjectEmbedding } from "./pipeline/embedding.js";
 export { DEFAULTS, LIMITS, SCHEDULERS, parseScheduler, parseDevice, parseDType, randomSeed } from "./pipeline/options.js";
 export type { DTypeOption, DeviceOption, PromptOptions, SamplingOptions, SchedulerKind } from "./pipeline/options.js";
@@ -29,5 +39,14 @@ export type { PixelWindow, RawImage } from "./image/resample.js";
 export { encodeImage, formatFromPath } from "./image/encode.js";
 export { insertPngText, readPngText } from "./image/png-text.js";
 export { loadAddon, addonPath, AddonNotFoundError } from "./bindings/index.js";
-export type { NativeBuildInfo, NativeImage, NativeProgress, NativeTensor, NativeTimings } from "./bindings/types.js";
+export type {
+  NativeBuildInfo,
+  NativeFinetuneDraws,
+  NativeImage,
+  NativeProgress,
+  NativeRawTensor,
+  NativeTensor,
+  NativeTimings,
+  NativeUnetOverride,
+} from "./bindings/types.js";
 export { AbortError, InputError, ModelError } from "./errors.js";

@@ -213,6 +213,7 @@ class Setup:
     lora_init: dict[str, Tensor] = field(default_factory=dict)
     seed: int = 0
     channels_last: bool = False
+    cache_vae: bool = False  # encode each picture once (as blipdiff does) instead of every step (as LAVIS does)
 
 
 @dataclass
@@ -223,6 +224,7 @@ class Trainer:
     lora: dict[str, LoRALinear]
     acp: Tensor
     scaling: float
+    posterior: tuple[Tensor, Tensor] | None = None  # with cache_vae: (mean, std) of every picture
 
     @property
     def trained_params(self) -> int:
@@ -261,8 +263,14 @@ def train_step(tr: Trainer, step: int, record: dict | None = None) -> tuple[floa
     t0 = time.perf_counter()
     index, t, eps, noise = s.draws.step(step, s.batch)
     with torch.no_grad():
-        mean, logvar = mods["vae_encoder"](s.targets[index])  # logvar comes clamped to [-30, 20]
-        latents = (mean + torch.exp(0.5 * logvar) * eps) * tr.scaling
+        if s.cache_vae:
+            if tr.posterior is None:
+                mean, logvar = mods["vae_encoder"](s.targets)
+                tr.posterior = (mean, torch.exp(0.5 * logvar))
+            latents = (tr.posterior[0][index] + tr.posterior[1][index] * eps) * tr.scaling
+        else:
+            mean, logvar = mods["vae_encoder"](s.targets[index])  # logvar comes clamped to [-30, 20]
+            latents = (mean + torch.exp(0.5 * logvar) * eps) * tr.scaling
         a = tr.acp[t].to(latents.dtype)
         noisy = a.sqrt().view(-1, 1, 1, 1) * latents + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
     if s.channels_last:
@@ -423,6 +431,7 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, float]:
         lora_init=lora_init,
         seed=args.seed,
         channels_last=args.channels_last,
+        cache_vae=args.cache_vae,
     )
     return setup, build_s
 
@@ -456,6 +465,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "as a loaded BlipDiffusionPipeline does (default); step: only what a step uses",
     )
     p.add_argument("--channels-last", action="store_true", help="UNet weights and inputs in channels-last layout")
+    p.add_argument(
+        "--cache-vae",
+        action="store_true",
+        help="encode each picture with the VAE once (as blipdiff does) instead of every step (as LAVIS does)",
+    )
     p.add_argument(
         "--allocator",
         choices=(*ALLOCATORS, "inherit"),

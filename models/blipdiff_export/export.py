@@ -212,6 +212,8 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
         "vae_scaling_factor": vae.get("scaling_factor", 0.18215),
         "vae_scale": 2 ** (len(vae["block_out_channels"]) - 1),
         "unet_sample_size": unet.get("sample_size"),
+        # Channels of each UNet level: the runtime bounds the LoRA rank by the narrowest attention.
+        "unet_block_out_channels": list(unet["block_out_channels"]),
         "has_controlnet": ckpt.has_controlnet,
     }
 

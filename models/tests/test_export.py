@@ -164,6 +164,7 @@ def test_manifest_content(fixture, exported):
         "vae_scaling_factor": vae["scaling_factor"],
         "vae_scale": 2 ** (len(vae["block_out_channels"]) - 1),
         "unet_sample_size": unet["sample_size"],
+        "unet_block_out_channels": unet["block_out_channels"],
         "has_controlnet": False,
     }
     assert m["tokenizers"]["clip"] == {

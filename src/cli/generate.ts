@@ -1,10 +1,10 @@
-// blipdiff generate: zero-shot subject-driven generation.
+// blipdiff generate: subject-driven generation, zero-shot or with a fine-tuned subject.
 import { Command, Option } from "commander";
 import { loadAddon } from "../bindings/index.js";
 import { AbortError } from "../errors.js";
 import { stdinIsTerminal } from "../image/decode.js";
 import { readManifest } from "../pipeline/manifest.js";
-import { loadSubjectEmbedding } from "../pipeline/embedding.js";
+import { loadSubjectFile } from "../finetune/file.js";
 import { DEFAULTS, SCHEDULERS, parseDType, parseDevice, parseScheduler } from "../pipeline/options.js";
 import { resolveDevice } from "../pipeline/pipeline.js";
 import { preflightGenerate } from "../pipeline/preflight.js";
@@ -50,7 +50,7 @@ export function generateCommand(signal: AbortSignal): Command {
     .option("--subject-image <file|->", "picture of the subject (- reads stdin); repeat to average several", collect)
     .option("--subject <text>", "category word of the subject in the picture, e.g. dog")
     .option("--target-subject <text>", "category word in the output (default: --subject)")
-    .option("--subject-embedding <file>", "subject embeddings saved by `blipdiff encode` (instead of --subject-image)")
+    .option("--subject-embedding <file>", "a subject saved by `blipdiff encode` or `blipdiff finetune` (instead of --subject-image; --subject defaults to the file's)")
     .requiredOption("--prompt <text>", "what the subject does, e.g. 'swimming in a pool'")
     .option("--negative-prompt <text>", "negative prompt (used when guidance > 1)", DEFAULTS.negativePrompt)
     .option("--steps <n>", "denoising steps (1-1000)", parseIntArg, DEFAULTS.steps)
@@ -89,7 +89,7 @@ async function runGenerate(f: GenerateFlags, signal: AbortSignal): Promise<void>
   // Everything that can be checked without the modules is checked before the (slow) load.
   const modelDir = f.model ?? defaultModelDir();
   const manifest = readManifest(modelDir);
-  const embedding = f.subjectEmbedding ? loadSubjectEmbedding(f.subjectEmbedding) : undefined;
+  const embedding = f.subjectEmbedding ? loadSubjectFile(f.subjectEmbedding) : undefined;
   const pre = asUsage(() =>
     preflightGenerate(manifest, {
       ...f,

@@ -1,14 +1,15 @@
 // The CLI entry: builds the commander program, maps errors to exit codes (0 ok, 1 error, 2 usage,
-// 130 aborted) and turns SIGINT into an abort of the running generation.
+// 130 aborted) and turns SIGINT into an abort of the running command (generate, encode, finetune, a load).
 import chalk from "chalk";
 import { Command, CommanderError } from "commander";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { loadedAddon, packageRoot } from "../bindings/index.js";
 import { messageOf } from "../errors.js";
-import { removePartialFiles } from "../image/encode.js";
+import { removePartialFiles } from "../io/atomic.js";
 import { ChildExit, convertCommand } from "./convert.js";
 import { encodeCommand } from "./encode.js";
+import { finetuneCommand } from "./finetune.js";
 import { EXIT, exitCodeFor } from "./errors.js";
 import { generateCommand } from "./generate.js";
 import { infoCommand } from "./info.js";
@@ -29,6 +30,7 @@ export function buildProgram(signal: AbortSignal): Command {
     .addHelpText("after", ENV_HELP);
   program.addCommand(generateCommand(signal));
   program.addCommand(encodeCommand(signal));
+  program.addCommand(finetuneCommand(signal));
   program.addCommand(infoCommand());
   program.addCommand(convertCommand(signal));
   const configure = (cmd: Command): void => {

@@ -1,7 +1,8 @@
 // Where generated images go: a file (name-i.ext when n > 1), a folder (seed-named files) or stdout ("-").
 import { accessSync, constants, existsSync, mkdirSync, statSync } from "node:fs";
 import path from "node:path";
-import { encodeImage, formatFromPath, writeFileAtomic, type ImageFormat } from "../image/encode.js";
+import { encodeImage, formatFromPath, type ImageFormat } from "../image/encode.js";
+import { writeFileAtomic } from "../io/atomic.js";
 import type { GeneratedImage, GenerationParameters } from "../pipeline/pipeline.js";
 import { AbortError } from "../errors.js";
 import { UsageError, asUsage } from "./errors.js";

@@ -14,6 +14,7 @@ export class Progress {
   private readonly fancy: boolean;
   private lastLine = "";
   private readonly warned = new Set<string>();
+  private firstStepAt?: { at: number; step: number };
 
   constructor(private readonly quiet: boolean) {
     // A pty without a size (columns 0) sends ora into an endless redraw: plain lines there.
@@ -34,6 +35,15 @@ export class Progress {
     const img = numImages > 1 ? `image ${p.image + 1}/${numImages}, ` : "";
     const text = p.phase === "denoise" ? `${img}denoising step ${p.step}/${p.total}` : `${img}${p.phase === "text" ? "encoding text" : "decoding"}`;
     this.phase(text);
+  }
+
+  /** Fine-tuning progress: the step, its loss and the time left (from the mean step time since the first step). */
+  trainStep(p: { step: number; total: number; loss: number }): void {
+    const now = performance.now();
+    if (p.step <= 1 || this.firstStepAt === undefined) this.firstStepAt = { at: now, step: p.step };
+    const done = p.step - this.firstStepAt.step;
+   const eta = done > 0 ? `, ETA ${formatDuration(((now - this.firstStepAt.at) / done) * (p.total - p.step))}` : "";
+    this.phase(`fine-tuning step ${p.step}/${p.total}, loss ${formatLoss(p.loss)}${p.step < p.total ? eta : ""}`);
   }
 
   succeed(text: string): void {
@@ -66,4 +76,18 @@ export class Progress {
     this.lastLine = text;
     process.stderr.write(`${text}\n`);
   }
+}
+
+/** A loss with 4 significant digits ("0.1234", "1.106", "3.2e-05"). */
+export function formatLoss(loss: number): string {
+  return Number.isFinite(loss) ? String(Number(loss.toPrecision(4))) : String(loss);
+}
+
+/** "0:07", "1:05:09": minutes and seconds, hours when there are any. */
+export function formatDuration(ms: number): string {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const sec = String(total % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
 }

@@ -26,6 +26,8 @@ export interface ModelManifest {
    * (`config.qformer_max_text_length`); undefined for exports made before the field existed.
    */
   qformerMaxTextLength?: number;
+  /** Channels of each UNet level (`config.unet_block_out_channels`); undefined for exports that predate the field. */
+  unetBlockOutChannels?: number[];
   hasControlnet: boolean;
   /** manifest.source as written by the exporter. */
   source: Record<string, unknown>;
@@ -174,6 +176,10 @@ export function readManifest(dir: string): ModelManifest {
     cfg.qformer_max_text_length === undefined
       ? undefined
       : field(cfg, "qformer_max_text_length", "config", isPosInt, "a positive integer");
+  const unetBlockOutChannels =
+    cfg.unet_block_out_channels === undefined
+      ? undefined
+      : field(cfg, "unet_block_out_channels", "config", (v): v is number[] => Array.isArray(v) && v.length > 0 && v.every(isPosInt), "a list of positive integers");
   const hasControlnet = cfg.has_controlnet === true && specModules.controlnet !== undefined;
   return {
     dir: abs,
@@ -184,6 +190,7 @@ export function readManifest(dir: string): ModelManifest {
     imageStd: field(cfg, "image_std", "config", isTriple, "3 numbers"),
     crossAttentionDim: field(cfg, "cross_attention_dim", "config", isPosInt, "a positive integer"),
     qformerMaxTextLength,
+    unetBlockOutChannels,
     hasControlnet,
     source: isObj(raw.source) ? raw.source : {},
     raw,
@@ -198,6 +205,11 @@ export function verifyTokenizerChecksums(m: ModelManifest): void {
     if (actual !== t.sha256.toLowerCase())
       throw new ModelError(`checksum mismatch for ${path.relative(m.dir, t.file)} (sha256 ${actual}, manifest says ${t.sha256}); ${FIX}`);
   }
+}
+
+/** How a model is named in parameters and metadata: its checkpoint (or folder name), marked when its weights are random. */
+export function modelLabel(m: ModelManifest): string {
+  return (typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir)) + (m.source.random_weights === true ? " (random weights)" : "");
 }
 
 /** A short human-readable summary (blipdiff info --model). */
@@ -215,6 +227,7 @@ export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
     latentChannels: m.spec.latentChannels,
     latentScale: m.spec.latentScale,
     unetSampleSize: c.unet_sample_size,
+    unetBlockOutChannels: m.unetBlockOutChannels,
     controlnet: m.hasControlnet,
     scheduler: m.spec.scheduler._class_name ?? "unknown",
     modules: Object.fromEntries(

@@ -12,9 +12,13 @@ import type {
   NativeTimings,
 } from "../bindings/types.js";
 import { AbortError, ModelError, invalid, messageOf } from "../errors.js";
-import { decodeRgb, sourceName, type ImageSource } from "../image/decode.js";
+import { abortable, asArray, guardProgress, isAbort, withCallerStack } from "./calls.js";
+import { runFinetune, type FinetuneHost, type FinetuneOptions, type FinetuneResult } from "./finetune.js";
+import { decodeRgb, sourceName, type DecodeOptions, type ImageSource } from "../image/decode.js";
+import type { RawImage } from "../image/resample.js";
+import type { FinetuneMode } from "../finetune/file.js";
 import type { SubjectEmbedding } from "./embedding.js";
-import { readManifest, verifyTokenizerChecksums, type ModelManifest } from "./manifest.js";
+import { modelLabel, readManifest, verifyTokenizerChecksums, type ModelManifest } from "./manifest.js";
 import {
   DEFAULTS,
   parseDType,
@@ -99,6 +103,8 @@ export interface GenerationParameters extends ResolvedPrompt, ResolvedSampling {
   subject: string;
   subjectCrop: SubjectCrop;
   controlImage: boolean;
+  /** Set when the subject was fine-tuned: the UNet weights of that fine-tune were used. */
+  finetuned?: FinetuneMode;
   model: string;
   device: string;
   dtype: NativeDType;
@@ -121,37 +127,6 @@ export interface GenerateResult {
   warnings: string[];
   stepLatents?: NativeTensor[];
   vaeInput?: NativeTensor;
-}
-
-/** Rethrows a native error with the caller's stack (the native stack says nothing useful). */
-function withCallerStack(err: unknown, caller: Error): Error {
-  if (!(err instanceof Error)) return new Error(String(err));
-  const frames = (caller.stack ?? "").split("\n").slice(1).join("\n");
-  err.stack = `${err.name}: ${err.message}\n${frames}`;
-  return err;
-}
-
-function isAbort(err: unknown): boolean {
-  return err instanceof Error && ((err as { code?: string }).code === "ABORT_ERR" || err.name === "AbortError");
-}
-
-function asArray<T>(v: T | T[]): T[] {
-  return Array.isArray(v) ? v : [v];
-}
-
-/** Runs a native call with `signal` wired to the pipeline's abort(); an abort rejects with an AbortError. */
-async function abortable<T>(native: NativePipeline, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
-  if (signal?.aborted) throw new AbortError();
-  const abort = (): void => native.abort();
-  signal?.addEventListener("abort", abort, { once: true });
-  try {
-    return await fn();
-  } catch (err) {
-    if (isAbort(err) || signal?.aborted) throw new AbortError();
-    throw err;
-  } finally {
-    signal?.removeEventListener("abort", abort);
-  }
 }
 
 export class BlipDiffusionPipeline {
@@ -240,16 +215,16 @@ export class BlipDiffusionPipeline {
     if (images.length === 0) throw invalid("at least one image", "images", images);
     const crop = parseSubjectCrop(o.crop ?? DEFAULTS.subjectCrop);
     checkSubjectText(this.manifest, o.subject);
+    const decoded = await decodePictures(images, { maxPixels: o.maxPixels, label: "subject image" }, o.signal);
+    return this.encodeDecoded(decoded, images.map(pictureName), o.subject, crop, o.signal);
+  }
+
+  /** Subject embeddings of decoded pictures (averaged); `names` are recorded as the source images. */
+  private async encodeDecoded(images: RawImage[], names: string[], subject: string, crop: SubjectCrop, signal?: AbortSignal): Promise<SubjectEmbedding> {
     const cfg = { size: this.manifest.imageSize, mean: this.manifest.imageMean, std: this.manifest.imageStd, crop };
-    const pixels: NativeTensor[] = [];
-    for (const src of images) {
-      if (o.signal?.aborted) throw new AbortError();
-      const img = await decodeRgb(src, { maxPixels: o.maxPixels, label: "subject image" });
-      if (o.signal?.aborted) throw new AbortError();
-      pixels.push(preprocessSubject(img, cfg).pixels);
-    }
-    const batch = tokenizersFor(this.manifest).wordpiece.encodeBatch(images.map(() => o.subject));
-    const out = await abortable(this.native, o.signal, () => this.native.encodeSubject(stackBatch(pixels), batch.ids, batch.mask, batch.shape));
+    const pixels = images.map((img) => preprocessSubject(img, cfg).pixels);
+    const batch = tokenizersFor(this.manifest).wordpiece.encodeBatch(images.map(() => subject));
+    const out = await abortable(this.native, signal, () => this.native.encodeSubject(stackBatch(pixels), batch.ids, batch.mask, batch.shape));
     const [b, q, d] = out.shape;
     const mean = new Float32Array(q * d);
     for (let i = 0; i < b; i++) for (let j = 0; j < q * d; j++) mean[j] += out.data[i * q * d + j];
@@ -257,11 +232,8 @@ export class BlipDiffusionPipeline {
     if (b > 1) for (let j = 0; j < q * d; j++) mean[j] = Math.fround(mean[j] / b);
     return {
       queryEmbeds: { data: mean, shape: [1, q, d] },
-      subject: o.subject,
-      sourceImages: images.map((s) => {
-        const name = sourceName(s);
-        return name.startsWith("<") ? name : path.basename(name);
-      }),
+      subject,
+      sourceImages: names,
       model: {
         checkpoint: typeof this.manifest.source.checkpoint === "string" ? this.manifest.source.checkpoint : undefined,
         qformerSha256: this.manifest.spec.modules.qformer.sha256,
@@ -310,16 +282,7 @@ export class BlipDiffusionPipeline {
     const ids = tokenizePrompts(tokenizersFor(m).clip, built, prompt.negativePrompt, m.spec.textMaxLength, m.spec.numQueryTokens);
     warnings.push(...ids.warnings);
 
-    const onProgress = o.onProgress;
-    const progress = onProgress
-      ? (p: NativeProgress): void => {
-          try {
-            onProgress(p);
-          } catch {
-            // A user's callback must not break the run.
-          }
-        }
-      : undefined;
+    const progress = guardProgress<NativeProgress>(o.onProgress);
     let res: NativeGenerateResult;
     try {
       res = await abortable(this.native, o.signal, () => this.native.generate(
@@ -334,6 +297,7 @@ export class BlipDiffusionPipeline {
           seed: sampling.seed,
           numImages: sampling.n,
           scheduler: sampling.scheduler,
+          ...(embedding.finetune ? { unet: embedding.finetune.unet } : {}),
           ...(o.latents ? { latents: o.latents } : {}),
           ...(controlImage ? { controlImage, conditioningScale } : {}),
           ...(o.recordSteps ? { recordSteps: true } : {}),
@@ -350,9 +314,8 @@ export class BlipDiffusionPipeline {
       ...sampling,
       subjectCrop: crop,
       controlImage: controlImage !== undefined,
-      model:
-        (typeof m.source.checkpoint === "string" ? m.source.checkpoint : path.basename(m.dir)) +
-        (m.source.random_weights === true ? " (random weights)" : ""),
+      ...(embedding.finetune ? { finetuned: embedding.finetune.mode } : {}),
+      model: modelLabel(m),
       device: this.device,
       dtype: this.dtype,
     };
@@ -364,6 +327,38 @@ export class BlipDiffusionPipeline {
       warnings,
       ...(res.stepLatents ? { stepLatents: res.stepLatents } : {}),
       ...(res.vaeInput ? { vaeInput: res.vaeInput } : {}),
+    };
+  }
+
+  /**
+   * Fine-tunes the subject on its pictures (reference §3): the whole UNet (mode "full", LAVIS) or LoRA adapters
+   * (mode "lora"), and the subject embedding. The loaded modules are unchanged; the result's `embedding` carries the
+   * trained weights to generate() and to saveFinetunedSubject().
+   */
+  finetune(options: FinetuneOptions): Promise<FinetuneResult> {
+    const caller = new Error();
+    return this.serialize(async () => {
+      try {
+        return await runFinetune(this.finetuneHost(), options);
+      } catch (err) {
+        if (isAbort(err) || options.signal?.aborted) throw withCallerStack(new AbortError(), caller);
+        throw withCallerStack(err, caller);
+      }
+    });
+  }
+
+  private finetuneHost(): FinetuneHost {
+    return {
+      native: this.native,
+      manifest: this.manifest,
+      device: this.device,
+      dtype: this.dtype,
+      decode: async (images, maxPixels, signal) => ({
+        images: await decodePictures(images, { maxPixels, label: "subject image" }, signal),
+        names: images.map(pictureName),
+      }),
+      encode: (images, names, subject, crop, signal) => this.encodeDecoded(images, names, subject, crop, signal),
+      nativeWarnings: () => this.nativeWarnings(),
     };
   }
 
@@ -396,4 +391,21 @@ export function resolveDevice(addon: NativeAddon, deviceOpt: unknown, dtypeOpt: 
   const dtype: NativeDType = dt === "auto" ? (device.startsWith("cuda") ? "float16" : "float32") : dt;
   if (device === "cpu" && dtype !== "float32") throw invalid("float32 on the cpu device", "dtype", dtype);
   return { device, dtype };
+}
+
+/** The name a picture is recorded under: a file's base name, or "<stdin>" / "<buffer>". */
+export function pictureName(src: ImageSource): string {
+  const name = sourceName(src);
+  return name.startsWith("<") ? name : path.basename(name);
+}
+
+/** Decodes pictures one by one, checking `signal` between them. */
+export async function decodePictures(images: ImageSource[], options: DecodeOptions, signal?: AbortSignal): Promise<RawImage[]> {
+  const out: RawImage[] = [];
+  for (const src of images) {
+    if (signal?.aborted) throw new AbortError();
+    out.push(await decodeRgb(src, options));
+  }
+  if (signal?.aborted) throw new AbortError();
+  return out;
 }

@@ -1,6 +1,7 @@
 // Checks of a generation request against a model that need no native code: run before the model loads
 // (the CLI) and again at the start of every generate() (the library), so bad input fails fast and clearly.
 import { ModelError, invalid } from "../errors.js";
+import { checkBaseModel } from "../finetune/file.js";
 import { checkSubjectEmbedding, type SubjectEmbedding } from "./embedding.js";
 import type { ModelManifest } from "./manifest.js";
 import { resolvePrompt, resolveSampling, type PromptOptions, type ResolvedPrompt, type ResolvedSampling, type SamplingOptions } from "./options.js";
@@ -73,8 +74,12 @@ export function checkSubjectText(m: ModelManifest, subject: string, name = "subj
     throw invalid(`a subject of at most ${max - 2} word pieces (the Q-Former's text limit)`, name, `text of ${n - 2} word pieces`);
 }
 
-/** Refuses an embedding of the wrong shape for this model, or with NaN/Inf values. */
+/**
+ * Refuses an embedding of the wrong shape for this model, or with NaN/Inf values, and a fine-tuned subject made from
+ * another base model.
+ */
 export function checkEmbeddingFor(m: ModelManifest, e: SubjectEmbedding, source = "the subject embedding"): void {
+  checkBaseModel(m, e, source);
   checkSubjectEmbedding(e, { numQueryTokens: m.spec.numQueryTokens, dim: m.crossAttentionDim }, source);
 }
 

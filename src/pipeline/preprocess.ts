@@ -73,6 +73,26 @@ export function preprocessSubject(img: RawImage, cfg: SubjectPreprocessConfig): 
   return { pixels: { data: toNormalizedChw(resized, cfg.mean, cfg.std), shape: [1, 3, cfg.size, cfg.size] }, resized };
 }
 
+/**
+ * A fine-tuning target picture as LAVIS prepares it (subject_driven_t2i_dataset): torchvision's Resize(size, BICUBIC)
+ * and CenterCrop(size) on the PIL image (the `center` subject crop: shorter side to size, longer side
+ * int(size * long / short), offsets Python-rounded), ToTensor (u8 / 255 in float32) and Normalize(0.5, 0.5):
+ * [1, 3, size, size] in [-1, 1].
+ */
+export function preprocessTarget(img: RawImage, size: number): NativeTensor {
+  if (img.channels !== 3) throw invalid("an RGB image (3 channels)", "image", img.channels);
+  const resized = resizeSubject(img, size, "center");
+  const plane = size * size;
+  const out = new Float32Array(3 * plane);
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < plane; i++) {
+      // float32(u8 / 255) as torch divides, then (x - 0.5) / 0.5 in float32 (the subtraction is the one rounding).
+      const x = Math.fround(resized.data[i * 3 + c] / 255);
+      out[c * plane + i] = Math.fround(Math.fround(x - 0.5) / 0.5);
+    }
+  return { data: out, shape: [1, 3, size, size] };
+}
+
 /** ControlNet condition -> [1, 3, height, width] in [0, 1]: bicubic resize, /255, no normalization, no crop. */
 export function preprocessCondition(img: RawImage, width: number, height: number): NativeTensor {
   const resized = resizeBicubic(img, width, height);

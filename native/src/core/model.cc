@@ -1,5 +1,6 @@
 #include "core/model.h"
 
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 
 #include <cstdlib>
@@ -125,9 +126,25 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
   }
 }
 
+void configure_jit_executor_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // BLIPDIFF_JIT_EXECUTOR: "profiling" (libtorch's default), "legacy" (no profiling runs) or "simple" (no graph
+    // optimization at all). A developer switch for measuring first-call costs (docs/benchmarks.md).
+    const char* env = std::getenv("BLIPDIFF_JIT_EXECUTOR");
+    const std::string mode = env ? env : "";
+    if (mode == "legacy") {
+      torch::jit::getProfilingMode() = false;
+    } else if (mode == "simple") {
+      torch::jit::getExecutorMode() = false;
+    }
+  });
+}
+
 LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device,
                          const std::atomic<bool>* cancel) {
   spec.validate();
+  configure_jit_executor_once();
   check_dtype_for_device(options.dtype, device);
   if (device.is_cpu()) configure_cpu_runtime_once();
   check_cancel(cancel, "start");

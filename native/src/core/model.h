@@ -21,6 +21,9 @@ void check_dtype_for_device(DType dtype, const c10::Device& device);
 // Process-wide CPU runtime settings, applied once (see model.cc for the allocator rationale).
 void configure_cpu_runtime_once();
 
+// Process-wide TorchScript executor settings (BLIPDIFF_JIT_EXECUTOR), applied once at the first load.
+void configure_jit_executor_once();
+
 struct LoadedModels {
   torch::jit::Module qformer;
   torch::jit::Module text_encoder;
