@@ -2,8 +2,10 @@
 scripts/bench-vs-diffusers.mjs), against the fixtures' golden images.
 
 Needs a diffusers source tree (BLIPDIFF_DIFFUSERS_SRC, default ../.bench-src/diffusers/src beside the repository)
-and the benchmark-only packages in the venv (transformers, accelerate, requests: docs/benchmarks.md); skipped
-without them, since neither is a dependency of blipdiff.
+and the benchmark-only packages in the venv (transformers, accelerate, requests: docs/benchmarks.md), neither of
+which is a dependency of blipdiff. So these tests are marked `bench` and deselected from the default run (pytest.ini);
+run them with `pytest -m bench` where the benchmark is set up (scripts/bench-vs-diffusers.mjs also runs the golden
+check itself before timing).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ DIFFUSERS_SRC = Path(os.environ.get("BLIPDIFF_DIFFUSERS_SRC", ROOT.parent / ".be
 
 missing = [m for m in ("transformers", "accelerate", "requests") if importlib.util.find_spec(m) is None]
 pytestmark = [
+    pytest.mark.bench,
     pytest.mark.skipif(
         not (DIFFUSERS_SRC / "diffusers" / "__init__.py").is_file(),
         reason=f"no diffusers source at {DIFFUSERS_SRC} (set BLIPDIFF_DIFFUSERS_SRC)",
