@@ -82,11 +82,13 @@ if (Array.isArray(result.timings?.stepMs) && result.timings.stepMs.length === st
 // exact size of a safetensors file of the returned tensors without metadata.
 const tensors = { ...(result.tensors ?? {}) };
 if (result.ctx) tensors.ctx_embeddings_cache = { dtype: "F32", shape: result.ctx.shape, data: result.ctx.data };
-const trainedParams = Object.values(tensors).reduce((n, x) => n + numel(x.shape), 0);
+// The UNet or LoRA tensors plus the trained subject embedding (as the eager side counts).
+const ctxShape = result.embedding?.queryEmbeds?.shape;
+const trainedParams = Object.values(tensors).reduce((n, x) => n + numel(x.shape), 0) + (ctxShape ? numel(ctxShape) : 0);
 let outputBytes = null;
 let outputSource = null;
-const writer = typeof result.save === "function" ? (f) => result.save(f)
-  : typeof lib.saveFinetuned === "function" ? (f) => lib.saveFinetuned(f, result) : null;
+const writer = typeof lib.saveFinetunedSubject === "function" && result.embedding ? (f) => lib.saveFinetunedSubject(f, result.embedding)
+  : typeof result.save === "function" ? (f) => result.save(f) : null;
 if (writer && out) {
   await writer(out);
   outputBytes = statSync(out).size;
