@@ -248,6 +248,33 @@ for (const name of finetuneFixtureNames()) {
       // Within one step (a tiny step takes well under the CLI's 5 s grace period).
       expect(performance.now() - sentAt).toBeLessThan(4_000);
     });
+
+    it("running out of host memory is one error naming what to reduce, exit 1, and no file", () => {
+      // The allocator's memory guard (native/src/core/cpu_allocator.h) refuses a block that would leave too little of
+      // the system's memory; the test hook caps "the system" at 2 MiB so that the first large activation trips it.
+      const dir = mkdtempSync(path.join(tmp, "oom-"));
+      const out = path.join(dir, "ft.safetensors");
+      const r = runCli(
+        ["finetune", "--model", model, "--subject-image", fx.images[0], "--subject", fx.config.subject, "--resolution", "64",
+          "--steps", "2", "--batch-size", "3", "--device", "cpu", "-q", "-o", out],
+        { env: { BLIPDIFF_TEST_CPU_MEMORY_LIMIT_MB: "2" } },
+      );
+      expect(r.code, r.stderr).toBe(1);
+      expect(lines(r.stderr)).toHaveLength(1);
+      expect(r.stderr).toMatch(/out of memory while fine-tuning on cpu/);
+      expect(r.stderr).toMatch(/--batch-size \(now 3\)/);
+      expect(r.stderr).toMatch(/--resolution \(now 64\)/);
+      expect(r.stderr).toMatch(/--mode lora/);
+      expect(r.stdout.toString()).toBe("");
+      expect(readdirSync(dir)).toEqual([]);
+      // The same run without the cap trains (so the error above came from the guard, not from the options).
+      const ok = runCli(
+        ["finetune", "--model", model, "--subject-image", fx.images[0], "--subject", fx.config.subject, "--resolution", "64",
+          "--steps", "1", "--batch-size", "3", "--device", "cpu", "-q", "-o", out],
+      );
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(existsSync(out)).toBe(true);
+    });
   });
 
   describe(`pipe.finetune (${name})`, () => {

@@ -2,10 +2,13 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -31,6 +34,38 @@ constexpr size_t kGranule = size_t(64) << 10;    // sizes rounded up to 64 KiB
 constexpr size_t kMaxCachedBytes = size_t(4) << 30;
 
 void delete_block(void* ptr);
+
+// The memory guard (CpuMemoryGuard): how many are alive, and what a new system block must leave free.
+std::atomic<int> g_guards{0};
+constexpr size_t kReserveBytes = size_t(256) << 20;
+
+// MemAvailable of /proc/meminfo in bytes (the kernel's estimate of what can be allocated without swapping,
+// reclaimable page cache included), or SIZE_MAX where it cannot be read.
+size_t available_system_memory() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return SIZE_MAX;
+  char line[256];
+  size_t kb = 0;
+  bool found = false;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::sscanf(line, "MemAvailable: %zu kB", &kb) == 1) {
+      found = true;
+      break;
+    }
+  }
+  std::fclose(f);
+  return found ? kb * 1024 : SIZE_MAX;
+}
+
+// Test hook: BLIPDIFF_TEST_CPU_MEMORY_LIMIT_MB caps what the allocator may hold from the system while a guard
+// is alive, to exercise the out-of-memory path without exhausting the machine.
+size_t test_limit_bytes() {
+  static const size_t limit = [] {
+    const char* env = std::getenv("BLIPDIFF_TEST_CPU_MEMORY_LIMIT_MB");
+    return env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20 : SIZE_MAX;
+  }();
+  return limit;
+}
 
 constexpr size_t kHugePage = size_t(2) << 20;
 
@@ -78,6 +113,13 @@ class CachingCpuAllocator final : public c10::Allocator {
       }
     }
     if (!ptr) {
+      if (g_guards.load() > 0 && !fits(size)) {
+        release();  // cached blocks count as used: give them back and look again
+        // The message carries "out of memory" through TorchScript's interpreter, which rewraps exceptions.
+        TORCH_CHECK_WITH(OutOfMemoryError, fits(size), "out of memory: a ", size >> 20,
+                         " MiB block would leave less than ", kReserveBytes >> 20,
+                         " MiB of the system's memory available");
+      }
       if (posix_memalign(&ptr, kAlignment, size) != 0 || !ptr) {
         release();  // the cache may be holding what the system needs: retry once without it
         if (posix_memalign(&ptr, kAlignment, size) != 0 || !ptr) throw std::bad_alloc();
@@ -85,6 +127,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       const size_t advised = huge_pages() ? advise_huge_pages(ptr, size) : 0;
       std::lock_guard<std::mutex> lock(mutex_);
       in_use_[ptr] = size;
+      held_bytes_ += size;
       ++misses_;
       huge_page_bytes_ += advised;
     }
@@ -110,6 +153,7 @@ class CachingCpuAllocator final : public c10::Allocator {
           cached_bytes_ += size;
           return;
         }
+        held_bytes_ -= size;
       }
     }
     std::free(ptr);
@@ -120,9 +164,22 @@ class CachingCpuAllocator final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       blocks.swap(free_);
+      held_bytes_ -= cached_bytes_;
       cached_bytes_ = 0;
     }
     for (auto& [size, ptr] : blocks) std::free(ptr);
+  }
+
+  // Whether a new system block of `size` bytes leaves the reserve free (and stays under the test limit).
+  bool fits(size_t size) {
+    size_t held = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      held = held_bytes_;
+    }
+    if (held + size > test_limit_bytes()) return false;
+    const size_t available = available_system_memory();
+    return available == SIZE_MAX || available >= size + kReserveBytes;
   }
 
   CpuCacheStats stats() {
@@ -136,6 +193,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   std::multimap<size_t, void*> free_;
   std::unordered_map<void*, size_t> in_use_;
   size_t cached_bytes_ = 0;
+  size_t held_bytes_ = 0;  // from the system: in use + cached
   size_t hits_ = 0;
   size_t misses_ = 0;
   size_t huge_page_bytes_ = 0;
@@ -161,6 +219,9 @@ void install_caching_cpu_allocator() {
 void release_cached_cpu_memory() {
   if (g_allocator) g_allocator->release();
 }
+
+CpuMemoryGuard::CpuMemoryGuard() { ++g_guards; }
+CpuMemoryGuard::~CpuMemoryGuard() { --g_guards; }
 
 CpuCacheStats cpu_cache_stats() { return g_allocator ? g_allocator->stats() : CpuCacheStats{}; }
 

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <new>
 
+#include "core/cpu_allocator.h"
 #include "core/errors.h"
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
@@ -87,7 +88,7 @@ bool is_oom(const std::exception& e) {
   if (dynamic_cast<const std::bad_alloc*>(&e)) return true;
   const std::string what = e.what();
   return what.find("can't allocate memory") != std::string::npos ||
-         what.find("out of memory") != std::string::npos;
+         what.find("out of memory") != std::string::npos || what.find("bad_alloc") != std::string::npos;
 }
 
 struct LoraModule {
@@ -182,6 +183,7 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
 
   try {
     at::AutoGradMode grad_mode(true);
+    CpuMemoryGuard memory_guard;
     // Frozen modules: no weight gradients (the embedding's gradient still flows through the text encoder).
     for (torch::jit::Module* m : {&models.text_encoder, &models.unet, &models.vae_encoder}) {
       for (at::Tensor t : m->parameters()) t.requires_grad_(false);
