@@ -33,7 +33,7 @@ from .weights import LIST_LIMIT, load_into, read_weights
 
 FORMAT = "blipdiff-torchscript"
 FORMAT_VERSION = 1
-EXPORTER_VERSION = "0.1.0"
+EXPORTER_VERSION = "0.2.0"  # 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning)
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,36 @@ class ResnetBlock2D(nn.Module):
         return out
 
 
+class AdaptableLinear(nn.Linear):
+    """nn.Linear (the same parameters, names and math) with an optional low-rank update that the runtime attaches
+    while it fine-tunes LoRA adapters: y = x W^T + b + lora_scale * (x A^T) B^T, A = lora_down [r, in],
+    B = lora_up [out, r]. Exported with none attached, it computes exactly what nn.Linear does.
+
+    Training through the unmerged update computes only the adapters' low-rank gradients; merging W + scale B A
+    into the weight would also compute the dense [out, in] weight gradient on every step.
+    """
+
+    # The attributes' types for TorchScript are set below the class: with `from __future__ import annotations` a
+    # class-level annotation is a string, which TorchScript cannot resolve for attributes.
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.lora_down = None
+        self.lora_up = None
+        self.lora_scale = 1.0
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear's parameter name)
+        y = F.linear(input, self.weight, self.bias)
+        down = self.lora_down
+        up = self.lora_up
+        if down is not None and up is not None:
+            y = y + self.lora_scale * F.linear(F.linear(input, down), up)
+        return y
+
+
+AdaptableLinear.__annotations__ = {"lora_down": Optional[Tensor], "lora_up": Optional[Tensor], "lora_scale": float}  # noqa: UP045
+
+
 class Attention(nn.Module):
     """Multi-head attention on [B, N, C] tokens; `context` None means self-attention.
 
@@ -110,10 +141,11 @@ class Attention(nn.Module):
         inner = heads * dim_head
         self.heads = heads
         self.dim_head = dim_head
-        self.to_q = nn.Linear(query_dim, inner, bias=qkv_bias)
-        self.to_k = nn.Linear(context_dim, inner, bias=qkv_bias)
-        self.to_v = nn.Linear(context_dim, inner, bias=qkv_bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=True)])
+        # AdaptableLinear: LoRA fine-tuning attaches its adapters to these four (native/src/core/finetune).
+        self.to_q = AdaptableLinear(query_dim, inner, bias=qkv_bias)
+        self.to_k = AdaptableLinear(context_dim, inner, bias=qkv_bias)
+        self.to_v = AdaptableLinear(context_dim, inner, bias=qkv_bias)
+        self.to_out = nn.ModuleList([AdaptableLinear(inner, query_dim, bias=True)])
 
     def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
         ctx = x if context is None else context

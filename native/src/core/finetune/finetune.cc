@@ -98,6 +98,45 @@ struct LoraModule {
   at::Tensor b;     // [out, r] float32, trainable
 };
 
+// Exports since AdaptableLinear (models/blipdiff_export/unet_blocks.py) let adapters be attached to the attention
+// projections: y = x W^T + b + scale (x A^T) B^T, whose backward computes only the low-rank gradients. Older
+// exports get the merged weight W + scale B A instead, set before every step (same math, plus a dense weight
+// gradient per module). The attachment is taken off when this goes out of scope, however the fine-tune ends.
+class LoraAttachment {
+ public:
+  explicit LoraAttachment(const torch::jit::Module& unet) : submodules_(submodules_by_name(unet)) {}
+  ~LoraAttachment() {
+    for (auto& m : attached_) {
+      try {
+        m.setattr("lora_down", c10::IValue());
+        m.setattr("lora_up", c10::IValue());
+        m.setattr("lora_scale", 1.0);
+      } catch (...) {
+        // Setting attributes that were set before does not fail in practice.
+      }
+    }
+  }
+  LoraAttachment(const LoraAttachment&) = delete;
+  LoraAttachment& operator=(const LoraAttachment&) = delete;
+
+  bool supported(const std::string& module) const {
+    const auto it = submodules_.find(module);
+    return it != submodules_.end() && it->second.hasattr("lora_down") && it->second.hasattr("lora_up") &&
+           it->second.hasattr("lora_scale");
+  }
+  void attach(const std::string& module, const at::Tensor& a, const at::Tensor& b, double scale) {
+    torch::jit::Module m = submodules_.at(module);
+    attached_.push_back(m);
+    m.setattr("lora_down", a);
+    m.setattr("lora_up", b);
+    m.setattr("lora_scale", scale);
+  }
+
+ private:
+  std::map<std::string, torch::jit::Module> submodules_;
+  std::vector<torch::jit::Module> attached_;
+};
+
 }  // namespace
 
 FinetuneMode finetune_mode_from_string(std::string_view name) {
@@ -216,6 +255,8 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
     std::vector<std::pair<std::string, at::Tensor>> full_params;
     std::vector<LoraModule> lora;
     const double lora_scale = p.lora_alpha / static_cast<double>(p.lora_rank);
+    LoraAttachment attachment(models.unet);
+    bool merge_lora = false;  // an export without AdaptableLinear
     if (p.mode == FinetuneMode::kFull) {
       for (const std::string& name : swap.parameter_names()) {
         at::Tensor t = swap.get(name);
@@ -258,6 +299,11 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
         m.b = at::zeros({out, p.lora_rank}, f32.device(device)).requires_grad_(true);
         named.emplace_back("unet." + module + ".lora.down.weight", m.a);
         named.emplace_back("unet." + module + ".lora.up.weight", m.b);
+        if (attachment.supported(module)) {
+          attachment.attach(module, m.a, m.b, lora_scale);
+        } else {
+          merge_lora = true;
+        }
         lora.push_back(std::move(m));
       }
       if (p.draws) {
@@ -319,8 +365,11 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
       at::Tensor loss, states;
       {
         CudaAutocast autocast(mixed);
-        for (const LoraModule& m : lora) {
-          swap.set(m.name + ".weight", m.base.to(at::kFloat) + lora_scale * at::matmul(m.b, m.a));
+        if (merge_lora) {
+          for (const LoraModule& m : lora) {
+            if (attachment.supported(m.name)) continue;
+            swap.set(m.name + ".weight", m.base.to(at::kFloat) + lora_scale * at::matmul(m.b, m.a));
+          }
         }
         states = first_tensor(models.text_encoder.forward({ids, ctx.to(model_dtype), spec.ctx_begin_pos}),
                               "text_encoder");
