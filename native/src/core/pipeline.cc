@@ -290,6 +290,7 @@ FinetuneResult Pipeline::finetune(const FinetuneParams& params, const FinetunePr
                 "fine-tune");
   }
   ScopedWarningCapture capture(warnings_);
+  params.validate(spec_);  // before anything is trained in place (a bad argument then costs no reload)
   require_finite(params.ctx_init, "ctxInit", "the initial subject embedding is not finite");
   require_finite(params.targets, "targets", "the target pictures' pixel values are not finite");
   const c10::Device device(device_name_);
