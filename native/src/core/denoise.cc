@@ -3,18 +3,9 @@
 #include <ATen/ATen.h>
 
 #include "core/errors.h"
+#include "core/module_calls.h"
 
 namespace blipdiff {
-
-namespace {
-
-at::Tensor first_tensor(const c10::IValue& value) {
-  if (value.isTensor()) return value.toTensor();
-  if (value.isTuple()) return value.toTupleRef().elements().at(0).toTensor();
-  throw Error(codes::kModel, "the module returned " + value.tagKind() + " instead of a tensor");
-}
-
-}  // namespace
 
 at::Tensor denoise(LoadedModels& models, Scheduler& scheduler, const DenoiseInputs& in, const ProgressFn& progress,
                    const std::atomic<bool>& cancel, std::vector<at::Tensor>* record) {
@@ -48,7 +39,7 @@ at::Tensor denoise(LoadedModels& models, Scheduler& scheduler, const DenoiseInpu
     }
     at::Tensor noise;
     try {
-      noise = first_tensor(models.unet.forward({model_in, timestep, in.states, down_residuals, mid_residual}))
+      noise = first_tensor(models.unet.forward({model_in, timestep, in.states, down_residuals, mid_residual}), "unet")
                   .to(at::kFloat);
     } catch (...) {
       rethrow_with_context("while running UNet" + step_name);

@@ -12,6 +12,7 @@
 #include "core/denoise.h"
 #include "core/diagnostics.h"
 #include "core/errors.h"
+#include "core/module_calls.h"
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
 #include "core/unet_weights.h"
@@ -20,24 +21,6 @@
 namespace blipdiff {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-// Device work is asynchronous on CUDA: wait for it before reading a phase's clock.
-void sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-at::Tensor first_tensor(const c10::IValue& value, const char* what) {
-  if (value.isTensor()) return value.toTensor();
-  if (value.isTuple()) return value.toTupleRef().elements().at(0).toTensor();
-  throw Error(codes::kModel, std::string("the ") + what + " module returned " + value.tagKind() +
-                                 " instead of a tensor");
-}
 
 at::Tensor ids_tensor(const std::vector<int64_t>& ids, const c10::Device& device) {
   return at::tensor(ids, at::kLong).reshape({1, static_cast<int64_t>(ids.size())}).to(device);
@@ -201,7 +184,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     } else {
       states = cond;
     }
-    sync(device);
+    sync_device(device);
   } catch (...) {
     rethrow_with_context("while encoding the prompt");
   }
@@ -249,7 +232,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     const bool record = params.record_steps && i == 0;
     at::Tensor latents =
         denoise(*models_, *scheduler, in, progress, cancel, record ? &result.step_latents : nullptr);
-    sync(device);
+    sync_device(device);
     result.timings.denoise_ms += ms_since(denoise_start);
     if (cancel.load()) throw AbortError();
     if (!all_finite(latents)) {

@@ -7,6 +7,19 @@
 
 namespace blipdiff::napi {
 
+namespace {
+
+// The optional onProgress callback, the call's second argument (empty when absent).
+Napi::Function optional_progress(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || info[1].IsUndefined() || info[1].IsNull()) return Napi::Function();
+  if (!info[1].IsFunction()) {
+    throw ArgError(ArgError::Kind::kType, "Expected a function for onProgress but received " + describe_value(info[1]));
+  }
+  return info[1].As<Napi::Function>();
+}
+
+}  // namespace
+
 // ---- CallState ----
 
 CallState::CallState(PipelineWrap* wrap, Napi::Promise::Deferred deferred, std::shared_ptr<std::atomic<bool>> cancel)
@@ -140,13 +153,7 @@ Napi::Value PipelineWrap::Generate(const Napi::CallbackInfo& info) {
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   try {
     GenerateParams params = generate_params_from_js(info[0]);
-    Napi::Function on_progress;
-    if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
-      if (!info[1].IsFunction()) {
-        throw ArgError(ArgError::Kind::kType, "Expected a function for onProgress but received " + describe_value(info[1]));
-      }
-      on_progress = info[1].As<Napi::Function>();
-    }
+    Napi::Function on_progress = optional_progress(info);
     if (!begin_call(env, deferred, cancel)) return deferred.Promise();
     (new GenerateWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
   } catch (...) {
@@ -161,13 +168,7 @@ Napi::Value PipelineWrap::Finetune(const Napi::CallbackInfo& info) {
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   try {
     FinetuneParams params = finetune_params_from_js(info[0]);
-    Napi::Function on_progress;
-    if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) {
-      if (!info[1].IsFunction()) {
-        throw ArgError(ArgError::Kind::kType, "Expected a function for onProgress but received " + describe_value(info[1]));
-      }
-      on_progress = info[1].As<Napi::Function>();
-    }
+    Napi::Function on_progress = optional_progress(info);
     if (!begin_call(env, deferred, cancel)) return deferred.Promise();
     (new FinetuneWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
   } catch (...) {

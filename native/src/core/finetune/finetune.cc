@@ -14,6 +14,7 @@
 
 #include "core/cpu_allocator.h"
 #include "core/errors.h"
+#include "core/module_calls.h"
 #include "core/model.h"
 #include "core/schedulers/scheduler.h"
 #include "core/unet_weights.h"
@@ -21,23 +22,6 @@
 namespace blipdiff {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-void sync(const c10::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.index());
-}
-
-at::Tensor first_tensor(const c10::IValue& value, const char* what) {
-  if (value.isTensor()) return value.toTensor();
-  if (value.isTuple()) return value.toTupleRef().elements().at(0).toTensor();
-  throw Error(codes::kModel, std::string("the ") + what + " module returned " + value.tagKind() +
-                                 " instead of a tensor");
-}
 
 std::string dims(const at::Tensor& t) { return c10::str(t.sizes()); }
 
@@ -329,7 +313,7 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
 
     const at::Tensor ids =
         at::tensor(p.caption_ids, at::kLong).reshape({1, static_cast<int64_t>(p.caption_ids.size())}).to(device);
-    sync(device);
+    sync_device(device);
     result.timings.prepare_ms = ms_since(start);
 
     // 4. The steps.
@@ -404,7 +388,7 @@ FinetuneResult run_finetune(LoadedModels& models, const ModelSpec& spec, const c
                                            "; lower the learning rate");
       }
       result.losses.push_back(value);
-      sync(device);
+      sync_device(device);
       result.timings.step_ms.push_back(ms_since(step_start));
       if (progress) progress({step + 1, p.steps, value});
     }
