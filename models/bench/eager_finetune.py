@@ -37,9 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from blipdiff_export.checkpoint import Checkpoint, read_checkpoint
-from blipdiff_export.export import CONFIGS_DIR, MODULES, RANDOM_SEED, module_class
+from blipdiff_export.export import CONFIGS_DIR, MODULES, build_module
 from blipdiff_export.unet_blocks import Attention
-from blipdiff_export.weights import load_into, read_weights
 from torch import Tensor, nn
 
 # The allocator settings blipdiff's runtime applies (native/src/core/model.cc mallopt; cpu_allocator.cc huge
@@ -82,15 +81,7 @@ def build_modules(ckpt: Checkpoint, names: tuple[str, ...], random_weights: bool
     for spec in MODULES:
         if spec.name not in names:
             continue
-        torch.manual_seed(RANDOM_SEED)  # as the exporter: identical random weights
-        module = module_class(spec)(ckpt.configs[spec.component]).eval()
-        if not random_weights:
-            if spec.component not in cache:
-                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component, ckpt.boundary)
-            state = cache[spec.component]
-            if spec.prefixes:
-                state = {k: v for k, v in state.items() if k.startswith(spec.prefixes)}
-            load_into(module, state, spec.name)
+        module, _ = build_module(spec, ckpt, random_weights, cache)
         for p in module.parameters():
             p.requires_grad_(False)
         mods[spec.name] = module

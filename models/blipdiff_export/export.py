@@ -218,6 +218,27 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
+def build_module(
+    spec: ModuleSpec, ckpt: Checkpoint, random_weights: bool, cache: dict[str, dict[str, torch.Tensor]]
+) -> tuple[torch.nn.Module, set[str]]:
+    """The eager module of `spec` in eval mode: the checkpoint's weights (each component read once through
+    `cache`), or with `random_weights` the exporter's seeded random ones. Returns it and the weight names it took.
+    The benchmarks' eager baselines build their modules with this too, so they run exactly what is exported."""
+    # A fixed seed per module: random exports are reproducible and independent of module order.
+    torch.manual_seed(RANDOM_SEED)
+    module = module_class(spec)(ckpt.configs[spec.component])
+    module.eval()
+    if random_weights:
+        return module, set()
+    if spec.component not in cache:
+        cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component, ckpt.boundary)
+    state = cache[spec.component]
+    if spec.prefixes:
+        state = {k: v for k, v in state.items() if k.startswith(spec.prefixes)}
+    load_into(module, state, spec.name)
+    return module, set(state)
+
+
 def _export_modules(
     ckpt: Checkpoint, staging: Path, random_weights: bool, log: TextIO | None
 ) -> dict[str, dict[str, str]]:
@@ -227,19 +248,9 @@ def _export_modules(
     used: dict[str, set[str]] = {}
     for spec in specs:
         start = time.perf_counter()
-        cls = module_class(spec)
-        # A fixed seed per module: random exports are reproducible and independent of module order.
-        torch.manual_seed(RANDOM_SEED)
-        module = cls(ckpt.configs[spec.component])
-        module.eval()
+        module, taken = build_module(spec, ckpt, random_weights, cache)
         if not random_weights:
-            if spec.component not in cache:
-                cache[spec.component] = read_weights(ckpt.folder(spec.component), spec.component, ckpt.boundary)
-            state = cache[spec.component]
-            if spec.prefixes:
-                state = {k: v for k, v in state.items() if k.startswith(spec.prefixes)}
-            used.setdefault(spec.component, set()).update(state)
-            load_into(module, state, spec.name)
+            used.setdefault(spec.component, set()).update(taken)
             if spec.component not in [s.component for s in specs[specs.index(spec) + 1 :]]:
                 leftover = sorted(set(cache.pop(spec.component)) - used[spec.component])
                 if leftover:
