@@ -14,11 +14,10 @@
 // out: the eager side then builds the exporter's seeded random weights from the shipped configs (the same
 // weights as the export). --sizes: RESOLUTIONxBATCH cases. A run that fails (out of memory, say) is reported in
 // the table and the benchmark goes on.
-import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fail, log, root, venvPython } from "./lib.mjs";
+import { fail, log, measureChild, root, venvPython } from "./lib.mjs";
 
 const arg = (name, def) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -70,55 +69,10 @@ const variants = {
 const chosen = arg("variants", "tuned").split(",");
 for (const v of chosen) if (!variants[v]) fail(`--variants: ${Object.keys(variants).join(" or ")}, not ${v}`);
 
-const gnuTime = /GNU/.test(spawnSync("/usr/bin/time", ["--version"], { encoding: "utf8" }).stderr ?? "") ? "/usr/bin/time" : null;
-
-/** Runs a child; resolves { json, wallS, peakRssMb, error }. stderr is passed through (progress). */
+/** Runs a child through lib.mjs's measureChild (peak RSS, wall time, its JSON), logging its command first. */
 function measure(name, cmd, args, env) {
   log(`${name}: ${[cmd, ...args].join(" ")}`);
-  const timeFile = path.join(outDir, `.time-${process.pid}`);
-  const argv = gnuTime ? [gnuTime, "-o", timeFile, "-f", "%M", cmd, ...args] : [cmd, ...args];
-  return new Promise((resolve) => {
-    const start = performance.now();
-    const child = spawn(argv[0], argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderrTail = "";
-    let polledKb = 0;
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => {
-      process.stderr.write(d); // progress stays visible; the last line names a failure
-      stderrTail = (stderrTail + d).slice(-2000);
-    });
-    // Without GNU time: VmHWM (peak RSS) of the child, sampled until it exits.
-    const poll = gnuTime ? null : setInterval(() => {
-      try {
-        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
-        if (m) polledKb = Math.max(polledKb, Number(m[1]));
-      } catch {
-        // exited between two samples
-      }
-    }, 100);
-    child.on("close", (code, signal) => {
-      if (poll) clearInterval(poll);
-      const wallS = (performance.now() - start) / 1000;
-      let peakKb = polledKb;
-      if (gnuTime && existsSync(timeFile)) {
-        const lines = readFileSync(timeFile, "utf8").trim().split("\n");
-        peakKb = Number(lines[lines.length - 1]) || 0;
-        rmSync(timeFile, { force: true });
-      }
-      const last = stdout.trim().split("\n").pop();
-      let json = null;
-      try {
-        json = code === 0 ? JSON.parse(last) : null;
-      } catch {
-        // reported below
-      }
-      const reason = stderrTail.trim().split("\n").pop()?.replace(/^\[blipdiff\] error: /, "").slice(0, 160) ?? "";
-      const error = signal === "SIGKILL" || code === 137 ? "killed (out of memory?)"
-        : code !== 0 ? `exit ${code ?? signal}${reason ? `: ${reason}` : ""}` : json ? null : "no JSON on stdout";
-      resolve({ json, wallS, peakRssMb: peakKb / 1024, error });
-    });
-  });
+  return measureChild(cmd, args, { env, tmpDir: outDir });
 }
 
 function fileSize(file) {

@@ -25,12 +25,12 @@
 // export whose weights --ckpt holds (models/bench/random_diffusers_ckpt.py writes such a checkpoint; done here
 // when --ckpt is missing and --model is a random export of the shipped configs). The two PNGs of the first pair
 // are compared pixel by pixel as a check that both sides computed the same image.
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { fail, log, root, venvPython } from "./lib.mjs";
+import { fail, log, measureChild, root, venvPython } from "./lib.mjs";
 
 const arg = (name, def) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -176,54 +176,10 @@ if (!process.argv.includes("--skip-golden-check")) {
 
 // ------------------------------------------------------------------------------------------ measuring
 
-const gnuTime = /GNU/.test(spawnSync("/usr/bin/time", ["--version"], { encoding: "utf8" }).stderr ?? "") ? "/usr/bin/time" : null;
-
-/** Runs a child; resolves { json, wallS, peakRssMb, error }. stderr is passed through (progress, errors). */
+/** Runs a child through lib.mjs's measureChild (peak RSS, wall time, its JSON), logging its command first. */
 function measure(name, cmd, args, env) {
   log(`${name}: ${shown(cmd, args)}`);
-  const timeFile = path.join(outDir, `.time-${process.pid}`);
-  const argv = gnuTime ? [gnuTime, "-v", "-o", timeFile, cmd, ...args] : [cmd, ...args];
-  return new Promise((resolve) => {
-    const start = performance.now();
-    const child = spawn(argv[0], argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderrTail = "";
-    let polledKb = 0;
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => {
-      process.stderr.write(d);
-      stderrTail = (stderrTail + d).slice(-2000);
-    });
-    const poll = gnuTime ? null : setInterval(() => {
-      try {
-        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
-        if (m) polledKb = Math.max(polledKb, Number(m[1]));
-      } catch {
-        // exited between two samples
-      }
-    }, 100);
-    child.on("close", (code, signal) => {
-      const wallS = (performance.now() - start) / 1000;
-      if (poll) clearInterval(poll);
-      let peakKb = polledKb;
-      if (gnuTime && existsSync(timeFile)) {
-        const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(readFileSync(timeFile, "utf8"));
-        peakKb = m ? Number(m[1]) : 0;
-        rmSync(timeFile, { force: true });
-      }
-      let json = null;
-      try {
-        // blipdiff's --json is one pretty-printed document; the Python and node children print one line.
-        json = code === 0 ? JSON.parse(stdout.trim().startsWith("{\n") ? stdout : stdout.trim().split("\n").pop()) : null;
-      } catch {
-        // reported below
-      }
-      const reason = stderrTail.trim().split("\n").pop()?.slice(0, 160) ?? "";
-      const error = signal === "SIGKILL" || code === 137 ? "killed (out of memory?)"
-        : code !== 0 ? `exit ${code ?? signal}${reason ? `: ${reason}` : ""}` : json ? null : "no JSON on stdout";
-      resolve({ json, wallS, peakRssMb: peakKb / 1024, error });
-    });
-  });
+  return measureChild(cmd, args, { env, tmpDir: outDir });
 }
 
 const median = (xs) => {

@@ -1,6 +1,6 @@
 // Helpers shared by the setup, build and test scripts. Progress goes to stderr.
-import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -92,4 +92,59 @@ export function checkIndexReachable(index) {
   }
   fail(`no Python package index is reachable (tried ${index.urls.join(", ")}). ` +
     "Set PIP_INDEX_URL to a reachable index or mirror (or PIP_FIND_LINKS to a folder of wheels), then run `npm run setup` again.");
+}
+
+// ------------------------------------------------------------------------------------------ benchmarks
+
+const gnuTime = /GNU/.test(spawnSync("/usr/bin/time", ["--version"], { encoding: "utf8" }).stderr ?? "") ? "/usr/bin/time" : null;
+
+/**
+ * Runs one benchmark child and resolves { json, wallS, peakRssMb, error }. Its stderr is passed through
+ * (progress); its stdout must end with a JSON document (one line, or blipdiff's pretty-printed --json). Peak RSS
+ * from GNU time -v where available (a temporary file in `tmpDir`), else VmHWM sampled from /proc every 100 ms.
+ * `error` is null, "killed (out of memory?)", "exit N: <last stderr line>" or "no JSON on stdout".
+ */
+export function measureChild(cmd, args, { env = process.env, tmpDir = root } = {}) {
+  const timeFile = path.join(tmpDir, `.time-${process.pid}`);
+  const argv = gnuTime ? [gnuTime, "-v", "-o", timeFile, cmd, ...args] : [cmd, ...args];
+  return new Promise((resolve) => {
+    const start = performance.now();
+    const child = spawn(argv[0], argv.slice(1), { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderrTail = "";
+    let polledKb = 0;
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => {
+      process.stderr.write(d); // progress stays visible; the last line names a failure
+      stderrTail = (stderrTail + d).slice(-2000);
+    });
+    const poll = gnuTime ? null : setInterval(() => {
+      try {
+        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"));
+        if (m) polledKb = Math.max(polledKb, Number(m[1]));
+      } catch {
+        // exited between two samples
+      }
+    }, 100);
+    child.on("close", (code, signal) => {
+      const wallS = (performance.now() - start) / 1000;
+      if (poll) clearInterval(poll);
+      let peakKb = polledKb;
+      if (gnuTime && existsSync(timeFile)) {
+        const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(readFileSync(timeFile, "utf8"));
+        peakKb = m ? Number(m[1]) : 0;
+        rmSync(timeFile, { force: true });
+      }
+      let json = null;
+      try {
+        json = code === 0 ? JSON.parse(stdout.trim().startsWith("{\n") ? stdout : stdout.trim().split("\n").pop()) : null;
+      } catch {
+        // reported below
+      }
+      const reason = stderrTail.trim().split("\n").pop()?.replace(/^\[blipdiff\] error: /, "").slice(0, 160) ?? "";
+      const error = signal === "SIGKILL" || code === 137 ? "killed (out of memory?)"
+        : code !== 0 ? `exit ${code ?? signal}${reason ? `: ${reason}` : ""}` : json ? null : "no JSON on stdout";
+      resolve({ json, wallS, peakRssMb: peakKb / 1024, error });
+    });
+  });
 }
