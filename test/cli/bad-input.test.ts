@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { crc32 } from "../../src/image/png-text.js";
 import { fixtureNames, loadFixture } from "../unit/golden.js";
 import { serializeSubjectEmbedding } from "../../src/pipeline/embedding.js";
-import { addonBuilt, buildCli, lines, modelDir, repoRoot, runCli } from "./cli.js";
+import { addonBuilt, buildCli, expectCliFailure, lines, modelDir, repoRoot, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-bad-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -52,15 +52,7 @@ function args(overrides: Record<string, string> = {}): string[] {
 
 /** Runs into a fresh output folder and checks: exit code, a single error line matching, no files left. */
 function expectFailure(a: string[], code: number, message: RegExp, out = "out.png"): void {
-  const dir = mkdtempSync(path.join(tmp, "case-"));
-  const target = path.isAbsolute(out) ? out : path.join(dir, out);
-  const r = runCli([...a, "-o", target]);
-  const errLines = lines(r.stderr);
-  expect(errLines, r.stderr).toHaveLength(1);
-  expect(errLines[0]).toMatch(message);
-  expect(r.code, r.stderr).toBe(code);
-  expect(r.stdout.length).toBe(0);
-  expect(readdirSync(dir)).toEqual([]);
+  expectCliFailure(tmp, a, code, message, out);
 }
 
 /**

@@ -1,7 +1,8 @@
 // Runs the compiled CLI (node bin/blipdiff.js) for the end-to-end tests; compiles src/ once per process.
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync } from "node:fs";
 import path from "node:path";
+import { expect } from "vitest";
 import { exportRoot, repoRoot } from "../helpers/fixtures.js";
 import type { GoldenFixture } from "../unit/golden.js";
 
@@ -75,4 +76,20 @@ export function caseArgs(fx: GoldenFixture, name: string): string[] {
     // The reference's own (misspelled) keyword for the ControlNet condition.
     ...(k.condtioning_image ? ["--control-image", path.join(fx.dir, k.condtioning_image)] : []),
   ];
+}
+
+/**
+ * Runs the CLI with `-o <fresh folder under tmpRoot>/<out>` (or `out` itself when absolute) and checks a failure:
+ * the exit code, exactly one stderr line matching `message`, nothing on stdout, nothing left in the folder.
+ */
+export function expectCliFailure(tmpRoot: string, a: string[], code: number, message: RegExp, out: string): void {
+  const dir = mkdtempSync(path.join(tmpRoot, "case-"));
+  const target = path.isAbsolute(out) ? out : path.join(dir, out);
+  const r = runCli([...a, "-o", target]);
+  const errLines = lines(r.stderr);
+  expect(errLines, r.stderr).toHaveLength(1);
+  expect(errLines[0]).toMatch(message);
+  expect(r.code, r.stderr).toBe(code);
+  expect(r.stdout.length).toBe(0);
+  expect(readdirSync(dir)).toEqual([]);
 }

@@ -6,7 +6,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fromFloat32 } from "../../src/io/safetensors.js";
 import { finetuneFixtureNames, loadFinetuneFixture, writeDrawsFile } from "../helpers/finetune.js";
-import { buildCli, lines, modelDir, runCli } from "./cli.js";
+import { buildCli, expectCliFailure, lines, modelDir, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-ftbad-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -39,15 +39,7 @@ function args(overrides: Record<string, string> = {}, extra: string[] = []): str
  * model": progress is on), nothing on stdout, nothing left in the folder.
  */
 function expectFailure(a: string[], code: number, message: RegExp, out = "ft.safetensors"): void {
-  const dir = mkdtempSync(path.join(tmp, "case-"));
-  const target = path.isAbsolute(out) ? out : path.join(dir, out);
-  const r = runCli([...a, "-o", target]);
-  const errLines = lines(r.stderr);
-  expect(errLines, r.stderr).toHaveLength(1);
-  expect(errLines[0]).toMatch(message);
-  expect(r.code, r.stderr).toBe(code);
-  expect(r.stdout.length).toBe(0);
-  expect(readdirSync(dir)).toEqual([]);
+  expectCliFailure(tmp, a, code, message, out);
 }
 
 describe(`blipdiff finetune: bad input (${name})`, () => {
