@@ -194,6 +194,102 @@ export interface NativeFinetuneResult {
 }
 
 /**
+ * Subject-driven prompt-to-prompt editing (../shared/fixtures/tiny-a/edit.json "spec"). The UNet runs a 4-way batch
+ * [uncond, uncond, cond_src, cond_edit]; the controller edits the conditional half's attention probabilities
+ * (AttentionRefine with `mapper`/`alphas`, self-attention replacement) and LocalBlend mixes the two latent rows after
+ * every scheduler step. Requires a model exported with the attention-control path (manifest `capabilities`
+ * includes "attention_control").
+ */
+export interface NativeEditParams {
+  /** Subject embeddings [1, Q, D] spliced into the edited branch's prompt. */
+  queryEmbeds: NativeTensor;
+  /** CLIP ids of the negative prompt, length textMaxLength (no ctx; both unconditional rows). */
+  uncondIds: Int32Array;
+  /** CLIP ids of "a {source subject} {prompt}", length textMaxLength (no ctx). */
+  srcIds: Int32Array;
+  /** CLIP ids of "a {target subject} {prompt}", length textMaxLength - numQueryTokens (ctx spliced at ctxBeginPos). */
+  editIds: Int32Array;
+  /** Token alignment (spec section 3), textMaxLength entries: source key index per edited key, -1 for none. */
+  mapper: Int32Array;
+  /** textMaxLength entries, 0 or 1: where the edited key takes the source's attention column. */
+  alphas: Float32Array;
+  /** textMaxLength entries, 0 or 1: the source subject's token positions in the source prompt (LocalBlend). */
+  subjectAlpha: Float32Array;
+  width: number;
+  height: number;
+  /** Editing steps N (PNDM for a generated source: N + 1 UNet calls; DDIM for a real image: N). */
+  steps: number;
+  /** Classifier-free guidance of the edit; must be > 1. */
+  guidance: number;
+  /** Fraction of the controller steps (of N + 1) with cross-attention replacement, in [0, 1]. */
+  crossReplace: number;
+  /** Fraction of N with self-attention replacement, in [0, 1]. */
+  selfReplace: number;
+  /** LocalBlend threshold on the normalized map, in [0, 1]. */
+  blendThreshold: number;
+  /** Seed of the generated source's initial latents (torch CPU generator, as generate). Ignored with `image`. */
+  seed: number;
+  /** Explicit initial latents [1, C, H/f, W/f] of a generated source (overrides the seed's draw; tests). */
+  latents?: NativeTensor;
+  /** A real picture [1, 3, H, W] in [-1, 1]: encoded (posterior mean), inverted with DDIM, then edited with DDIM. */
+  image?: NativeTensor;
+  /** CLIP ids of the inversion prompt "a {source subject} {prompt}", length textMaxLength; required with `image`. */
+  inversionIds?: Int32Array;
+  /** DDIM inversion steps (with `image`); defaults to `steps`. */
+  inversionSteps?: number;
+  /** Disable every control (cross and self replacement, LocalBlend): both branches run independently (tests). */
+  noControl?: boolean;
+  /** Return the intermediates in `record`. */
+  record?: boolean;
+}
+
+export interface NativeEditProgress {
+  /** "inversion" only with a real image; its steps count UNet calls of the inversion. */
+  phase: "text" | "encode" | "inversion" | "edit" | "decode";
+  /** 1-based within the phase. For "edit", one event per step asked for (PNDM's first step runs the UNet twice). */
+  step: number;
+  total: number;
+}
+
+export interface NativeEditStepRecord {
+  /** UNet output, 4 rows [uncond_src, uncond_edit, cond_src, cond_edit]. */
+  unetOut: NativeTensor;
+  /** What scheduler.step got, 2 rows [src, edit]. */
+  noisePred: NativeTensor;
+  latentsPreBlend: NativeTensor;
+  /** [1, 1, h*, w*] LocalBlend map, [1, 1, h, w] normalized map and mask (0/1 as float32). Absent with noControl. */
+  lbMap?: NativeTensor;
+  lbNorm?: NativeTensor;
+  lbMask?: NativeTensor;
+  /** After LocalBlend: the next UNet input, [2, C, h, w]. */
+  latents: NativeTensor;
+}
+
+export interface NativeEditRecord {
+  /** [4, P, D] [uncond, uncond, cond_src, cond_edit]. */
+  textStates: NativeTensor;
+  /** [1, C, h, w]: the generated source's draw, or the inverted latents of a real image. */
+  latentsInit: NativeTensor;
+  /** Real image: the VAE posterior mean times the scaling factor, the inversion text states and each inversion step. */
+  latentsX0?: NativeTensor;
+  invTextStates?: NativeTensor;
+  inversion?: { noisePred: NativeTensor; latents: NativeTensor }[];
+  steps: NativeEditStepRecord[];
+  /** The conditional half [2 * heads, Q, K] of every attention layer's probabilities at controller step 0, after control, by diffusers module name. */
+  attnStep0: Record<string, NativeTensor>;
+  /** [2, C, h, w] the final latents [src, edit]. */
+  latentsFinal: NativeTensor;
+}
+
+export interface NativeEditResult {
+  /** [source, edited]. */
+  images: NativeImage[];
+  seed: number;
+  timings: { textMs: number; inversionMs: number; editMs: number; decodeMs: number; totalMs: number };
+  record?: NativeEditRecord;
+}
+
+/**
  * `code` of the Errors the native calls reject with (besides Node's ERR_INVALID_ARG_TYPE/VALUE for
  * TypeError/RangeError): ERR_BLIPDIFF_NONFINITE is a NaN/Inf input (queryEmbeds, latents, controlImage) or
  * non-finite latents after denoising (found before decoding; the message names the likely cause).
@@ -226,6 +322,12 @@ export interface NativePipeline {
    * rejects with ERR_BLIPDIFF_OOM.
    */
   finetune(params: NativeFinetuneParams, onProgress?: (p: NativeFinetuneProgress) => void): Promise<NativeFinetuneResult>;
+  /**
+   * Prompt-to-prompt subject editing of a generated source (from `seed`) or of a real picture (`image`, through DDIM
+   * inversion). Rejects with ERR_BLIPDIFF_MODEL when the UNet lacks the attention-control path (re-convert the
+   * model). Cancelled by abort() between UNet calls (ABORT_ERR).
+   */
+  edit(params: NativeEditParams, onProgress?: (p: NativeEditProgress) => void): Promise<NativeEditResult>;
   /**
    * Cancels every running call: generate() between steps, load() between checksum chunks (1 MiB) and
    * between modules, encodeSubject() before or after its Q-Former call. Each rejects with an Error whose
