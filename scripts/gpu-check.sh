@@ -2,7 +2,7 @@
 # One prepared run on a GPU machine (no Node needed there): builds the C++ harness against that machine's
 # torch, exports the full-size --random-weights model, compares CUDA with the CPU on the same seed, and
 # times the issue's GPU benchmark (512x512, 25 steps, float16; float32 and bfloat16 for comparison) and
-# 80 fine-tuning steps of each mode (512x512, batch 3).
+# 80 fine-tuning steps of each mode (512x512, batch 3), and editing at 512x512 with 50 steps.
 # Results (JSON lines, logs, the raw images' comparison) go to $OUT (default .bench/gpu).
 #   bash scripts/gpu-check.sh            # on the device machine, from the repository root
 #   GPU_CHECK_CPU_ONLY=1 bash scripts/gpu-check.sh   # rehearsal of the same steps on a CPU machine
@@ -89,5 +89,8 @@ for mode in lora full; do
   kill $smi 2>/dev/null || true
   log "peak GPU memory during the $mode fine-tune: $(sort -n "$OUT/gpu-mem-ft-$mode.txt" | tail -1) MiB"
 done
+# Editing (issue #8): one CFG generation, one prompt-to-prompt edit of a generated source and one of a real picture
+# (DDIM inversion + DDIM), 512x512, 50 steps, float16, interleaved, twice (cold then warm).
+run edit-fp16-512 --device cuda --dtype float16 --width 512 --height 512 --steps 50 --runs 2 --edit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >"$OUT/nvidia-smi.txt" 2>&1 || true
 log "done"

@@ -8,6 +8,9 @@
 // --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
 // --finetune full|lora times a fine-tune instead of generation: [--finetune-steps 80] [--finetune-batch 3]
 //   [--finetune-resolution 512] [--lora-rank 4] (random target pictures, seeded draws).
+// --edit 1 times, in one process and interleaved, a CFG generation, an edit of a generated source and an edit of a
+//   (random) real picture with the same size and steps (edit: PNDM; real: DDIM inversion with --steps, then DDIM),
+//   `--runs` times each: prompt-to-prompt costs a 4-way UNet batch, inversion one batch-1 call per step.
 // Prints one JSON line per measurement on stderr and a summary JSON document on stdout.
 #include <ATen/ATen.h>
 
@@ -43,7 +46,7 @@ int main(int argc, char** argv) {
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
       {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
       {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}, {"dump-image", ""},
-      {"finetune", ""}, {"finetune-steps", "80"}, {"finetune-batch", "3"}, {"finetune-resolution", "512"},
+      {"finetune", ""}, {"edit", ""}, {"finetune-steps", "80"}, {"finetune-batch", "3"}, {"finetune-resolution", "512"},
       {"lora-rank", "4"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
@@ -157,6 +160,64 @@ int main(int argc, char** argv) {
           static_cast<long long>(res), static_cast<long long>(ft.batch_size), static_cast<long long>(ft.steps), load_ms,
           r.timings.prepare_ms, r.timings.train_ms, total_ms, r.timings.step_ms.empty() ? 0.0 : r.timings.step_ms[0],
           steps.empty() ? 0.0 : steps[steps.size() / 2], bytes, r.losses.empty() ? 0.0 : r.losses.back());
+      return 0;
+    }
+
+    if (args["edit"] == "1") {
+      const int64_t p = spec.text_max_length, nq = spec.num_query_tokens, cbp = spec.ctx_begin_pos;
+      // "a dog" in both prompts: BOS, a, dog, EOS, padding.
+      auto prompt = [](int64_t n) {
+        std::vector<int64_t> v(size_t(n), 49407);
+        v[0] = 49406, v[1] = 320, v[2] = 1929;
+        return v;
+      };
+      blipdiff::GenerateParams gen;
+      gen.cond_ids = prompt(p - nq);
+      gen.uncond_ids = prompt(p);
+      gen.query_embeds = query;
+      gen.width = integer("width"), gen.height = integer("height"), gen.steps = integer("steps");
+      gen.guidance = num("guidance");
+      gen.seed = static_cast<uint64_t>(integer("seed"));
+      blipdiff::EditParams ed;
+      ed.query_embeds = query;
+      ed.uncond_ids = prompt(p);
+      ed.src_ids = prompt(p);
+      ed.edit_ids = prompt(p - nq);
+      // The alignment of "a dog" with "a [ctx] dog": ctx positions unaligned, the rest shifted by nq.
+      for (int64_t j = 0; j < p; ++j) {
+        const bool ctx = j >= cbp && j < cbp + nq;
+        const int64_t m = j < cbp ? j : (ctx ? -1 : std::min(j - nq, p - 1));
+        ed.mapper.push_back(m);
+        ed.alphas.push_back(ctx ? 0.0f : 1.0f);
+        ed.subject_alpha.push_back(j == 2 ? 1.0f : 0.0f);
+      }
+      ed.width = gen.width, ed.height = gen.height, ed.steps = gen.steps, ed.guidance = gen.guidance;
+      ed.seed = gen.seed;
+      blipdiff::EditParams real = ed;
+      real.image = at::rand({1, 3, ed.height, ed.width}) * 2 - 1;
+      real.inversion_ids = prompt(p);
+      std::atomic<bool> cancel{false};
+      for (int64_t r = 0; r < integer("runs"); ++r) {
+        t0 = std::chrono::steady_clock::now();
+        const blipdiff::GenerateResult g = pipeline.generate(gen, nullptr, cancel);
+        const double gen_ms = ms_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        const blipdiff::EditResult e = pipeline.edit(ed, nullptr, cancel);
+        const double edit_ms = ms_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        const blipdiff::EditResult e2 = pipeline.edit(real, nullptr, cancel);
+        const double real_ms = ms_since(t0);
+        std::printf(
+            "{\"device\": \"%s\", \"dtype\": \"%s\", \"run\": %lld, \"width\": %lld, \"height\": %lld, \"steps\": %lld, "
+            "\"loadMs\": %.1f, \"generateMs\": %.1f, \"generateDenoiseMs\": %.1f, \"editMs\": %.1f, "
+            "\"editLoopMs\": %.1f, \"realMs\": %.1f, \"realInversionMs\": %.1f, \"realLoopMs\": %.1f}\n",
+            pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(),
+            static_cast<long long>(r), static_cast<long long>(gen.width), static_cast<long long>(gen.height),
+            static_cast<long long>(gen.steps), load_ms, gen_ms, g.timings.denoise_ms, edit_ms, e.timings.edit_ms,
+            real_ms, e2.timings.inversion_ms, e2.timings.edit_ms);
+        std::fflush(stdout);
+      }
+      for (const std::string& w : pipeline.take_warnings()) std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
       return 0;
     }
 

@@ -26,19 +26,6 @@ at::Tensor ids_tensor(const std::vector<int64_t>& ids, const c10::Device& device
   return at::tensor(ids, at::kLong).reshape({1, static_cast<int64_t>(ids.size())}).to(device);
 }
 
-// clamp(x/2 + 0.5, 0, 1), NCHW -> NHWC, round(255 x) -> uint8, in float32 on the CPU.
-Image to_image(const at::Tensor& decoded) {
-  const at::Tensor x = (decoded.to(at::kCPU, at::kFloat) / 2 + 0.5).clamp(0, 1);
-  const at::Tensor u8 = (x.permute({0, 2, 3, 1}) * 255).round().to(at::kByte).contiguous();
-  Image image;
-  image.height = u8.size(1);
-  image.width = u8.size(2);
-  image.channels = u8.size(3);
-  const uint8_t* p = u8.data_ptr<uint8_t>();
-  image.data.assign(p, p + u8.numel());
-  return image;
-}
-
 bool all_finite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>(); }
 
 // Refuses NaN/Inf in an input tensor (Error code kNonFinite), naming the input and the likely cause.
@@ -257,6 +244,35 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   }
   result.timings.total_ms = ms_since(start);
   return result;
+}
+
+EditResult Pipeline::edit(const EditParams& params, const EditProgressFn& progress, const std::atomic<bool>& cancel) {
+  if (!models_) throw Error(codes::kNotLoaded, "the pipeline has no model loaded; call load() first");
+  if (options_.subject_only) {
+    throw Error(codes::kNotLoaded,
+                "the pipeline was loaded for subject encoding only (subjectOnly); load it without subjectOnly to edit");
+  }
+  ScopedWarningCapture capture(warnings_);
+  params.validate(spec_);
+  require_attention_control(*models_);
+  require_finite(params.query_embeds, "queryEmbeds",
+                 "the subject embedding is not finite; encode the subject again or check the embedding file");
+  if (params.latents) require_finite(*params.latents, "latents", "the initial latents are not finite");
+  if (params.image) require_finite(*params.image, "image", "the picture's pixel values are not finite");
+  const c10::Device device(device_name_);
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  // Fine-tuned weights for this call only (as generate).
+  ParamSwap swap(models_->unet);
+  if (params.unet) {
+    try {
+      c10::InferenceMode inference;
+      apply_unet_override(swap, *params.unet, device, to_scalar_type(dtype_));
+    } catch (...) {
+      rethrow_with_context("while applying the fine-tuned UNet weights");
+    }
+  }
+  return run_edit(*models_, spec_, device, dtype_, params, progress, cancel);
 }
 
 FinetuneResult Pipeline::finetune(const FinetuneParams& params, const FinetuneProgressFn& progress,

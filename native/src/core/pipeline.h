@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/diagnostics.h"
+#include "core/edit/edit.h"
 #include "core/finetune/finetune.h"
 #include "core/params.h"
 
@@ -48,6 +49,11 @@ class Pipeline {
   // cannot train). Throws AbortError when `cancel` becomes true (polled before every step).
   FinetuneResult finetune(const FinetuneParams& params, const FinetuneProgressFn& progress,
                           const std::atomic<bool>& cancel);
+
+  // Prompt-to-prompt subject editing of a generated source or a real picture (core/edit/edit.h). Needs a UNet
+  // exported with the attention-control path (Error(kModel) otherwise). Throws AbortError when `cancel` becomes
+  // true (polled before every UNet call). The loaded modules are unchanged afterwards.
+  EditResult edit(const EditParams& params, const EditProgressFn& progress, const std::atomic<bool>& cancel);
 
   // The libtorch warnings (TORCH_WARN) raised by this pipeline's calls since the last take, first
   // occurrence of each (every occurrence with BLIPDIFF_DEBUG=1); thread-safe. See core/diagnostics.h.

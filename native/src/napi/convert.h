@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/errors.h"
+#include "core/edit/edit.h"
 #include "core/finetune/finetune.h"
 #include "core/params.h"
 
@@ -74,5 +75,9 @@ FinetuneParams finetune_params_from_js(const Napi::Value& value);
 // NativeUnetOverride -> UnetOverride (tensors copied; float32 or float16).
 UnetOverride unet_override_from_js(const Napi::Value& value, const std::string& name);
 Napi::Object finetune_result_to_js(Napi::Env env, const FinetuneResult& result);
+
+// Editing (edit_convert.cc).
+EditParams edit_params_from_js(const Napi::Value& value);
+Napi::Object edit_result_to_js(Napi::Env env, const EditResult& result);
 
 }  // namespace blipdiff::napi

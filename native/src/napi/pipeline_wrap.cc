@@ -53,6 +53,7 @@ Napi::Function PipelineWrap::Init(Napi::Env env) {
                          InstanceMethod<&PipelineWrap::EncodeSubject>("encodeSubject"),
                          InstanceMethod<&PipelineWrap::Generate>("generate"),
                          InstanceMethod<&PipelineWrap::Finetune>("finetune"),
+                         InstanceMethod<&PipelineWrap::Edit>("edit"),
                          InstanceMethod<&PipelineWrap::Abort>("abort"),
                          InstanceMethod<&PipelineWrap::Dispose>("dispose"),
                          InstanceMethod<&PipelineWrap::TakeWarnings>("takeWarnings"),
@@ -171,6 +172,21 @@ Napi::Value PipelineWrap::Finetune(const Napi::CallbackInfo& info) {
     Napi::Function on_progress = optional_progress(info);
     if (!begin_call(env, deferred, cancel)) return deferred.Promise();
     (new FinetuneWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
+  } catch (...) {
+    deferred.Reject(make_error(env, capture_error()).Value());
+  }
+  return deferred.Promise();
+}
+
+Napi::Value PipelineWrap::Edit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  try {
+    EditParams params = edit_params_from_js(info[0]);
+    Napi::Function on_progress = optional_progress(info);
+    if (!begin_call(env, deferred, cancel)) return deferred.Promise();
+    (new EditWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
   } catch (...) {
     deferred.Reject(make_error(env, capture_error()).Value());
   }

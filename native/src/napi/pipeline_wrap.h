@@ -36,6 +36,7 @@ class PipelineWrap : public Napi::ObjectWrap<PipelineWrap> {
   Napi::Value EncodeSubject(const Napi::CallbackInfo& info);
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Finetune(const Napi::CallbackInfo& info);
+  Napi::Value Edit(const Napi::CallbackInfo& info);
   void Abort(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value GetLoaded(const Napi::CallbackInfo& info);

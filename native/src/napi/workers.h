@@ -90,4 +90,19 @@ class FinetuneWorker : public Napi::AsyncProgressQueueWorker<FinetuneProgress> {
   FinetuneResult result_;
 };
 
+class EditWorker : public Napi::AsyncProgressQueueWorker<EditProgress> {
+ public:
+  EditWorker(Napi::Env env, CallState call, EditParams params, Napi::Function on_progress);
+  void Execute(const ExecutionProgress& progress) override;
+  void OnProgress(const EditProgress* data, size_t count) override;
+  void OnOK() override;
+  void OnError(const Napi::Error& error) override;
+
+ private:
+  CallState call_;
+  EditParams params_;
+  Napi::FunctionReference on_progress_;
+  EditResult result_;
+};
+
 }  // namespace blipdiff::napi

@@ -36,6 +36,10 @@ class Scheduler {
 
   const at::Tensor& alphas_cumprod() const { return alphas_cumprod_t_; }
   int64_t num_train_timesteps() const { return num_train_timesteps_; }
+  // alphas_cumprod[t] (checked) and the "previous" alpha of the last step (1 with set_alpha_to_one, else
+  // alphas_cumprod[0]), float32 as the reference keeps them.
+  float alpha_at(int64_t t) const { return alpha_cumprod(t); }
+  float final_alpha_cumprod() const { return final_alpha_cumprod_; }
 
  protected:
   // alphas_cumprod[t] as float32, checked.
