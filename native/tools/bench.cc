@@ -197,27 +197,37 @@ int main(int argc, char** argv) {
       real.image = at::rand({1, 3, ed.height, ed.width}) * 2 - 1;
       real.inversion_ids = prompt(p);
       std::atomic<bool> cancel{false};
+      // One JSON line per run on stderr, then arrays of every figure on stdout.
+      std::map<std::string, std::vector<double>> figures;
       for (int64_t r = 0; r < integer("runs"); ++r) {
         t0 = std::chrono::steady_clock::now();
         const blipdiff::GenerateResult g = pipeline.generate(gen, nullptr, cancel);
-        const double gen_ms = ms_since(t0);
+        figures["generateMs"].push_back(ms_since(t0));
+        figures["generateDenoiseMs"].push_back(g.timings.denoise_ms);
         t0 = std::chrono::steady_clock::now();
         const blipdiff::EditResult e = pipeline.edit(ed, nullptr, cancel);
-        const double edit_ms = ms_since(t0);
+        figures["editMs"].push_back(ms_since(t0));
+        figures["editLoopMs"].push_back(e.timings.edit_ms);
         t0 = std::chrono::steady_clock::now();
         const blipdiff::EditResult e2 = pipeline.edit(real, nullptr, cancel);
-        const double real_ms = ms_since(t0);
-        std::printf(
-            "{\"device\": \"%s\", \"dtype\": \"%s\", \"run\": %lld, \"width\": %lld, \"height\": %lld, \"steps\": %lld, "
-            "\"loadMs\": %.1f, \"generateMs\": %.1f, \"generateDenoiseMs\": %.1f, \"editMs\": %.1f, "
-            "\"editLoopMs\": %.1f, \"realMs\": %.1f, \"realInversionMs\": %.1f, \"realLoopMs\": %.1f}\n",
-            pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(),
-            static_cast<long long>(r), static_cast<long long>(gen.width), static_cast<long long>(gen.height),
-            static_cast<long long>(gen.steps), load_ms, gen_ms, g.timings.denoise_ms, edit_ms, e.timings.edit_ms,
-            real_ms, e2.timings.inversion_ms, e2.timings.edit_ms);
-        std::fflush(stdout);
+        figures["realMs"].push_back(ms_since(t0));
+        figures["realInversionMs"].push_back(e2.timings.inversion_ms);
+        figures["realLoopMs"].push_back(e2.timings.edit_ms);
+        std::string line = "{\"run\": " + std::to_string(r);
+        for (const auto& [k, v] : figures) line += ", \"" + k + "\": " + std::to_string(v.back());
+        std::fprintf(stderr, "%s}\n", line.c_str());
       }
       for (const std::string& w : pipeline.take_warnings()) std::fprintf(stderr, "libtorch warning: %s\n", w.c_str());
+      std::string out = "{\"device\": \"" + pipeline.device() + "\", \"dtype\": \"" +
+                        std::string(blipdiff::to_string(pipeline.dtype())) + "\", \"width\": " +
+                        std::to_string(gen.width) + ", \"height\": " + std::to_string(gen.height) +
+                        ", \"steps\": " + std::to_string(gen.steps) + ", \"loadMs\": " + std::to_string(load_ms);
+      for (const auto& [k, v] : figures) {
+        out += ", \"" + k + "\": [";
+        for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+        out += "]";
+      }
+      std::printf("%s}\n", out.c_str());
       return 0;
     }
 
@@ -238,12 +248,14 @@ int main(int argc, char** argv) {
     std::atomic<bool> cancel{false};
     const int64_t runs = integer("runs");
     double best_ms = 1e300;
+    std::string run_ms;  // every run's time, cold first
     blipdiff::GenerateResult last;
     for (int64_t r = 0; r < runs; ++r) {
       t0 = std::chrono::steady_clock::now();
       last = pipeline.generate(params, nullptr, cancel);
       const double ms = ms_since(t0);
       best_ms = std::min(best_ms, ms);
+      run_ms += (r ? ", " : "") + std::to_string(ms);
       std::fprintf(stderr, "{\"run\": %lld, \"ms\": %.1f, \"textMs\": %.1f, \"denoiseMs\": %.1f, \"decodeMs\": %.1f}\n",
                    static_cast<long long>(r), ms, last.timings.text_ms, last.timings.denoise_ms,
                    last.timings.decode_ms);
@@ -264,10 +276,10 @@ int main(int argc, char** argv) {
                                                                                                    : params.steps);
     std::printf(
         "{\"device\": \"%s\", \"dtype\": \"%s\", \"width\": %lld, \"height\": %lld, \"steps\": %lld, \"loadMs\": %.1f, "
-        "\"encodeMs\": %.1f, \"bestImageMs\": %.1f, \"stepsPerSecond\": %.3f, \"modules\": %s}\n",
+        "\"encodeMs\": %.1f, \"bestImageMs\": %.1f, \"imageMs\": [%s], \"stepsPerSecond\": %.3f, \"modules\": %s}\n",
         pipeline.device().c_str(), std::string(blipdiff::to_string(pipeline.dtype())).c_str(),
         static_cast<long long>(params.width), static_cast<long long>(params.height),
-        static_cast<long long>(params.steps), load_ms, encode_ms, best_ms,
+        static_cast<long long>(params.steps), load_ms, encode_ms, best_ms, run_ms.c_str(),
         unet_calls / (last.timings.denoise_ms / 1000.0), per_module.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "blipdiff_bench: %s\n", blipdiff::describe(e).c_str());
