@@ -385,7 +385,17 @@ class Transformer2DModel(nn.Module):
             h = self.proj_in(h).permute(0, 2, 3, 1).reshape(b, height * width, self.inner)
         for block in self.transformer_blocks:
             h = block.forward_edit(
-                h, context, mapper, alphas, cross_alpha, cross_replace, self_replace, collect_blend, record, blend, recorded
+                h,
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
             )
         if self.use_linear_projection:
             h = self.proj_out(h).reshape(b, height, width, c).permute(0, 3, 1, 2)
@@ -493,7 +503,19 @@ class CrossAttnDownBlock2D(nn.Module):
     ) -> tuple[Tensor, list[Tensor]]:
         skips: list[Tensor] = []
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            h = attn.forward_edit(resnet(h, temb), context, mapper, alphas, cross_alpha, cross_replace, self_replace, collect_blend, record, blend, recorded)
+            h = attn.forward_edit(
+                resnet(h, temb),
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
             skips.append(h)
         for down in self.downsamplers:
             h = down(h)
@@ -638,7 +660,19 @@ class CrossAttnUpBlock2D(nn.Module):
         i = 0
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
             h = torch.cat([h, skips[-1 - i]], dim=1)
-            h = attn.forward_edit(resnet(h, temb), context, mapper, alphas, cross_alpha, cross_replace, self_replace, collect_blend, record, blend, recorded)
+            h = attn.forward_edit(
+                resnet(h, temb),
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
             i += 1
         for up in self.upsamplers:
             h = up(h, upsample_size)
@@ -766,7 +800,19 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         for i, resnet in enumerate(self.resnets):
             for j, attn in enumerate(self.attentions):
                 if j + 1 == i:
-                    h = attn.forward_edit(h, context, mapper, alphas, cross_alpha, cross_replace, self_replace, collect_blend, record, blend, recorded)
+                    h = attn.forward_edit(
+                        h,
+                        context,
+                        mapper,
+                        alphas,
+                        cross_alpha,
+                        cross_replace,
+                        self_replace,
+                        collect_blend,
+                        record,
+                        blend,
+                        recorded,
+                    )
             h = resnet(h, temb)
         return h
 
