@@ -33,7 +33,9 @@ from .weights import LIST_LIMIT, load_into, read_weights
 
 FORMAT = "blipdiff-torchscript"
 FORMAT_VERSION = 1
-EXPORTER_VERSION = "0.2.0"  # 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning)
+# 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning).
+# 0.3.0: the UNet has forward_edit (prompt-to-prompt attention control); manifest `capabilities`, `attention_control`.
+EXPORTER_VERSION = "0.3.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0
@@ -218,6 +220,17 @@ def build_manifest_config(ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
+def attention_control_entries(ckpt: Checkpoint) -> dict[str, Any]:
+    """The manifest's `capabilities` and, when the UNet has edit layers, `attention_control` (edit_layers.py)."""
+    from .edit_layers import attention_table
+
+    try:
+        table = attention_table(ckpt.configs["unet"])
+    except ExportError:  # no cross-attention down block: the UNet generates, but cannot be edited
+        return {"capabilities": []}
+    return {"capabilities": ["attention_control"], "attention_control": table.manifest_entry()}
+
+
 def build_module(
     spec: ModuleSpec, ckpt: Checkpoint, random_weights: bool, cache: dict[str, dict[str, torch.Tensor]]
 ) -> tuple[torch.nn.Module, set[str]]:
@@ -382,6 +395,7 @@ def convert(
             "tokenizers": tokenizers,
             "config": build_manifest_config(ckpt),
             "scheduler": ckpt.configs["scheduler"],
+            **attention_control_entries(ckpt),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         with signals.committing():  # the output is complete: an interrupt no longer stops it

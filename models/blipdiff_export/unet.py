@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .edit_layers import attention_table
 from .errors import ExportError
 from .unet_blocks import (
     CrossAttnDownBlock2D,
@@ -370,6 +372,25 @@ class UNet2DConditionModel(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(spec.norm_num_groups, boc[0], eps=spec.norm_eps)
         self.conv_out = nn.Conv2d(boc[0], out_channels, kernel_size=k_out, padding=(k_out - 1) // 2)
+        self._set_edit_roles()
+
+    def _set_edit_roles(self) -> None:
+        """Each Attention's editing roles, and the attributes the runtime reads (`module.attr(...)`), from
+        edit_layers.attention_table. A UNet without a cross-attention down block gets l* = -1 and empty lists
+        (forward_edit then refuses any control)."""
+        try:
+            table = attention_table(self)
+        except ExportError:
+            table = None
+        self.edit_blend_level = -1 if table is None else table.l_star
+        self.edit_layer_names = [] if table is None else table.names
+        self.edit_blend_layer_names = [] if table is None else table.blend_names
+        for layer in [] if table is None else table.layers:
+            attn = self.get_submodule(layer.name)
+            attn.edit_cross = layer.kind == "cross"
+            attn.edit_cross_replace = layer.cross_replace
+            attn.edit_self_replace = layer.self_replace
+            attn.edit_local_blend = layer.local_blend
 
     def forward(
         self,
@@ -423,3 +444,125 @@ class UNet2DConditionModel(nn.Module):
             h = block(h, block_skips, temb, encoder_hidden_states, upsample_size)
 
         return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    @torch.jit.export
+    def forward_edit(
+        self,
+        sample: Tensor,
+        timestep: Tensor,
+        encoder_hidden_states: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """`forward` (without ControlNet residuals) with prompt-to-prompt attention control (edit.json spec 6, 7).
+
+        sample [B, C, h, w], B = 4 rows [uncond_src, uncond_edit, cond_src, cond_edit] whenever a control is on.
+        mapper int64 [P] (-1 = no source column: it reads the last one, as Python indexing does, and alphas is 0
+        there), alphas [P] and cross_alpha [P] (the controller step's row) in the sample's dtype, P =
+        encoder_hidden_states.shape[1]. cross_replace: AttentionRefine in every cross-attention layer;
+        self_replace: cond_edit takes cond_src's probabilities in the self-attention layers at level >= l*.
+        Returns (noise prediction, blend, recorded): blend = with collect_blend, the cond_src probabilities
+        [heads, Q, P] after control of each LocalBlend layer (edit_blend_layer_names); recorded = with record, the
+        conditional half of every attention layer's probabilities (rows [B//2 * heads, B * heads)) after control, in
+        call order (edit_layer_names). Layers with nothing to do use the same SDPA as `forward`.
+        """
+        if (cross_replace or self_replace or collect_blend or record) and self.edit_blend_level < 0:
+            raise RuntimeError("forward_edit: this UNet has no cross-attention down block, so it has no edit layers")
+        if (cross_replace or self_replace or collect_blend) and sample.shape[0] != 4:
+            raise RuntimeError(
+                f"forward_edit: cross_replace, self_replace and collect_blend need the 4-row editing batch "
+                f"[uncond_src, uncond_edit, cond_src, cond_edit], got batch {sample.shape[0]}"
+            )
+        if cross_replace:
+            keys = encoder_hidden_states.shape[1]
+            if mapper.dim() != 1 or mapper.shape[0] != keys or mapper.dtype != torch.int64:
+                raise RuntimeError(f"forward_edit: mapper must be int64 [{keys}], got {mapper.dtype} {mapper.shape}")
+            if alphas.shape != mapper.shape or cross_alpha.shape != mapper.shape:
+                raise RuntimeError(
+                    f"forward_edit: alphas and cross_alpha must be [{keys}], got {alphas.shape} and {cross_alpha.shape}"
+                )
+        blend: list[Tensor] = []
+        recorded: list[Tensor] = []
+
+        if self.center_input_sample:
+            sample = 2 * sample - 1.0
+        t = timestep.to(sample.device).reshape(-1).expand(sample.shape[0])
+        emb = self.time_embedding(self.time_proj(t).to(sample.dtype))
+        temb = F.silu(emb)
+
+        h = self.conv_in(sample)
+        skips: list[Tensor] = [h]
+        for block in self.down_blocks:
+            h, block_skips = block.forward_edit(
+                h,
+                temb,
+                encoder_hidden_states,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+            skips.extend(block_skips)
+
+        mid = self.mid_block
+        if mid is not None:
+            h = mid.forward_edit(
+                h,
+                temb,
+                encoder_hidden_states,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+
+        num_up = len(self.up_blocks)
+        for i, block in enumerate(self.up_blocks):
+            n_skips = block.num_skips
+            block_skips = skips[len(skips) - n_skips :]
+            skips = skips[: len(skips) - n_skips]
+            upsample_size: list[int] | None = None
+            if i < num_up - 1:
+                upsample_size = skips[-1].shape[2:]
+            h = block.forward_edit(
+                h,
+                block_skips,
+                temb,
+                encoder_hidden_states,
+                upsample_size,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+
+        return self.conv_out(F.silu(self.conv_norm_out(h))), blend, recorded
+
+
+# TorchScript reads attribute types from here (class-level annotations are strings under `from __future__`); the
+# lists may be empty, so their element type cannot be inferred.
+UNet2DConditionModel.__annotations__ = {
+    "edit_blend_level": int,
+    "edit_layer_names": list[str],
+    "edit_blend_layer_names": list[str],
+}

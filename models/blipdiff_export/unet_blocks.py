@@ -9,6 +9,10 @@ Conventions:
   to it; the UNet/ControlNet apply that SiLU once per forward instead of once per resnet.
 - ModuleList loops are unrolled by TorchScript; ModuleLists can only be indexed by literals there, so pairs of
   lists of equal length are walked with zip() and offset pairs with enumerate() plus an index comparison.
+- `forward_edit` (UNet blocks only) is `forward` with prompt-to-prompt attention control (edit.json spec, sections
+  6 and 7); `forward` itself is left as it was, so generation and fine-tuning run the graph they always ran. The
+  control arguments (mapper ... record, see UNet2DConditionModel.forward_edit) are threaded through unchanged; `blend` and `recorded` are lists the
+  attention layers append to (TorchScript lists are passed by reference).
 """
 
 from __future__ import annotations
@@ -146,6 +150,11 @@ class Attention(nn.Module):
         self.to_k = AdaptableLinear(context_dim, inner, bias=qkv_bias)
         self.to_v = AdaptableLinear(context_dim, inner, bias=qkv_bias)
         self.to_out = nn.ModuleList([AdaptableLinear(inner, query_dim, bias=True)])
+        # Editing roles, set by the UNet from edit_layers.attention_table (all off in the ControlNet).
+        self.edit_cross = False  # cross-attention over the text (attn2), else self-attention (attn1)
+        self.edit_cross_replace = False  # AttentionRefine when forward_edit's cross_replace is set
+        self.edit_self_replace = False  # self-attention replacement when forward_edit's self_replace is set
+        self.edit_local_blend = False  # hands its cond_src probabilities to LocalBlend when collect_blend is set
 
     def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
         ctx = x if context is None else context
@@ -156,6 +165,65 @@ class Attention(nn.Module):
         # SDPA's default scale is dim_head ** -0.5, the reference's.
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
+        return self.to_out[0](out)
+
+    def forward_edit(
+        self,
+        x: Tensor,
+        context: Tensor | None,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        """`forward`, with explicit probabilities and the controller where this layer has something to do."""
+        cross = self.edit_cross
+        replace = (cross and cross_replace and self.edit_cross_replace) or (
+            not cross and self_replace and self.edit_self_replace
+        )
+        collect = collect_blend and self.edit_local_blend
+        if not (replace or collect or record):
+            return self.forward(x, context)
+
+        ctx = x if context is None else context
+        b = x.shape[0]
+        heads = self.heads
+        dh = self.dim_head
+        # diffusers head_to_batch_dim: row = batch_index * heads + head.
+        q = self.to_q(x).view(b, -1, heads, dh).transpose(1, 2).reshape(b * heads, -1, dh)
+        k = self.to_k(ctx).view(b, -1, heads, dh).transpose(1, 2).reshape(b * heads, -1, dh)
+        v = self.to_v(ctx).view(b, -1, heads, dh).transpose(1, 2).reshape(b * heads, -1, dh)
+        # diffusers Attention.get_attention_scores: baddbmm (beta 0, alpha head_dim^-0.5), then softmax.
+        empty = torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)
+        probs = torch.baddbmm(empty, q, k.transpose(-1, -2), beta=0.0, alpha=dh**-0.5).softmax(dim=-1)
+
+        if replace or collect:
+            # Batch [uncond_src, uncond_edit, cond_src, cond_edit]: only the conditional half is read or edited.
+            if b != 4:
+                raise RuntimeError(f"attention control needs the 4-row editing batch, got batch {b}")
+            src = probs[2 * heads : 3 * heads]
+            if replace:
+                edit = probs[3 * heads :]
+                if cross:
+                    # AttentionRefine, operation for operation (with 0/1 weights it is bitwise a selection).
+                    gathered = src.index_select(-1, torch.remainder(mapper, probs.shape[-1]))
+                    refined = gathered * alphas + edit * (1 - alphas)
+                    edit = refined * cross_alpha + (1 - cross_alpha) * edit
+                else:
+                    edit = src
+                probs = torch.cat([probs[: 3 * heads], edit], dim=0)
+            if collect:
+                blend.append(src)
+        if record:
+            recorded.append(probs[(b // 2) * heads :])
+
+        out = torch.bmm(probs, v)
+        out = out.view(b, heads, -1, dh).transpose(1, 2).reshape(b, -1, heads * dh)
         return self.to_out[0](out)
 
 
@@ -200,6 +268,54 @@ class BasicTransformerBlock(nn.Module):
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
+    def forward_edit(
+        self,
+        x: Tensor,
+        context: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        x = (
+            self.attn1.forward_edit(
+                self.norm1(x),
+                None,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+            + x
+        )
+        x = (
+            self.attn2.forward_edit(
+                self.norm2(x),
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+            + x
+        )
+        return self.ff(self.norm3(x)) + x
+
 
 class Transformer2DModel(nn.Module):
     """Spatial transformer: GroupNorm (eps 1e-6), proj_in, transformer blocks over H*W tokens, proj_out, residual.
@@ -241,6 +357,46 @@ class Transformer2DModel(nn.Module):
             h = self.proj_in(h).permute(0, 2, 3, 1).reshape(b, height * width, self.inner)
         for block in self.transformer_blocks:
             h = block(h, context)
+        if self.use_linear_projection:
+            h = self.proj_out(h).reshape(b, height, width, c).permute(0, 3, 1, 2)
+        else:
+            h = self.proj_out(h.reshape(b, height, width, self.inner).permute(0, 3, 1, 2))
+        return h + x
+
+    def forward_edit(
+        self,
+        x: Tensor,
+        context: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        b, c, height, width = x.shape
+        h = self.norm(x)
+        if self.use_linear_projection:
+            h = self.proj_in(h.permute(0, 2, 3, 1).reshape(b, height * width, c))
+        else:
+            h = self.proj_in(h).permute(0, 2, 3, 1).reshape(b, height * width, self.inner)
+        for block in self.transformer_blocks:
+            h = block.forward_edit(
+                h,
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
         if self.use_linear_projection:
             h = self.proj_out(h).reshape(b, height, width, c).permute(0, 3, 1, 2)
         else:
@@ -330,6 +486,42 @@ class CrossAttnDownBlock2D(nn.Module):
             skips.append(h)
         return h, skips
 
+    def forward_edit(
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> tuple[Tensor, list[Tensor]]:
+        skips: list[Tensor] = []
+        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
+            h = attn.forward_edit(
+                resnet(h, temb),
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+            skips.append(h)
+        for down in self.downsamplers:
+            h = down(h)
+            skips.append(h)
+        return h, skips
+
 
 class DownBlock2D(nn.Module):
     def __init__(
@@ -361,6 +553,23 @@ class DownBlock2D(nn.Module):
             h = down(h)
             skips.append(h)
         return h, skips
+
+    def forward_edit(
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> tuple[Tensor, list[Tensor]]:
+        return self.forward(h, temb, context)  # no attention
 
 
 # UNet up blocks: forward(h, skips, temb, context, upsample_size) -> h. `skips` are exactly this block's skip
@@ -431,6 +640,44 @@ class CrossAttnUpBlock2D(nn.Module):
             h = up(h, upsample_size)
         return h
 
+    def forward_edit(
+        self,
+        h: Tensor,
+        skips: list[Tensor],
+        temb: Tensor,
+        context: Tensor,
+        upsample_size: list[int] | None,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        i = 0
+        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
+            h = torch.cat([h, skips[-1 - i]], dim=1)
+            h = attn.forward_edit(
+                resnet(h, temb),
+                context,
+                mapper,
+                alphas,
+                cross_alpha,
+                cross_replace,
+                self_replace,
+                collect_blend,
+                record,
+                blend,
+                recorded,
+            )
+            i += 1
+        for up in self.upsamplers:
+            h = up(h, upsample_size)
+        return h
+
 
 class UpBlock2D(nn.Module):
     def __init__(
@@ -468,6 +715,25 @@ class UpBlock2D(nn.Module):
         for up in self.upsamplers:
             h = up(h, upsample_size)
         return h
+
+    def forward_edit(
+        self,
+        h: Tensor,
+        skips: list[Tensor],
+        temb: Tensor,
+        context: Tensor,
+        upsample_size: list[int] | None,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        return self.forward(h, skips, temb, context, upsample_size)  # no attention
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -513,6 +779,40 @@ class UNetMidBlock2DCrossAttn(nn.Module):
             for j, attn in enumerate(self.attentions):
                 if j + 1 == i:
                     h = attn(h, context)
+            h = resnet(h, temb)
+        return h
+
+    def forward_edit(
+        self,
+        h: Tensor,
+        temb: Tensor,
+        context: Tensor,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+        blend: list[Tensor],
+        recorded: list[Tensor],
+    ) -> Tensor:
+        for i, resnet in enumerate(self.resnets):
+            for j, attn in enumerate(self.attentions):
+                if j + 1 == i:
+                    h = attn.forward_edit(
+                        h,
+                        context,
+                        mapper,
+                        alphas,
+                        cross_alpha,
+                        cross_replace,
+                        self_replace,
+                        collect_blend,
+                        record,
+                        blend,
+                        recorded,
+                    )
             h = resnet(h, temb)
         return h
 
