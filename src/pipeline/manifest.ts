@@ -29,6 +29,11 @@ export interface ModelManifest {
   /** Channels of each UNet level (`config.unet_block_out_channels`); undefined for exports that predate the field. */
   unetBlockOutChannels?: number[];
   hasControlnet: boolean;
+  /**
+   * Optional features of the exported modules (manifest `capabilities`, exporter 0.3.0 on; [] when absent), e.g.
+   * "attention_control": the UNet has the prompt-to-prompt path that edit needs.
+   */
+  capabilities: string[];
   /** manifest.source as written by the exporter. */
   source: Record<string, unknown>;
   /** The raw manifest.json. */
@@ -181,6 +186,10 @@ export function readManifest(dir: string): ModelManifest {
       ? undefined
       : field(cfg, "unet_block_out_channels", "config", (v): v is number[] => Array.isArray(v) && v.length > 0 && v.every(isPosInt), "a list of positive integers");
   const hasControlnet = cfg.has_controlnet === true && specModules.controlnet !== undefined;
+  const capabilities =
+    raw.capabilities === undefined
+      ? []
+      : field(raw, "capabilities", "manifest", (v): v is string[] => Array.isArray(v) && v.every(isStr), "a list of strings");
   return {
     dir: abs,
     spec,
@@ -192,9 +201,26 @@ export function readManifest(dir: string): ModelManifest {
     qformerMaxTextLength,
     unetBlockOutChannels,
     hasControlnet,
+    capabilities: [...capabilities],
     source: isObj(raw.source) ? raw.source : {},
     raw,
   };
+}
+
+/** The capability `blipdiff edit` needs: the UNet's attention-control path (`forward_edit`). */
+export const ATTENTION_CONTROL = "attention_control";
+
+/**
+ * Refuses a model whose modules lack `capability` (exported before it existed, or without it); `what` names the
+ * command or call that needs it.
+ */
+export function requireCapability(m: ModelManifest, capability: string, what: string): void {
+  if (m.capabilities.includes(capability)) return;
+  throw new ModelError(
+    `${what} needs a model exported with ${JSON.stringify(capability)}, which ${m.dir} lacks (its manifest's capabilities: ${
+      m.capabilities.length > 0 ? m.capabilities.join(", ") : "none"
+    }); re-convert the model with \`blipdiff convert\``,
+  );
 }
 
 /** Checks the tokenizer files against their sha256 in the manifest (the native side checks the modules). */
@@ -229,6 +255,7 @@ export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
     unetSampleSize: c.unet_sample_size,
     unetBlockOutChannels: m.unetBlockOutChannels,
     controlnet: m.hasControlnet,
+    capabilities: m.capabilities,
     scheduler: m.spec.scheduler._class_name ?? "unknown",
     modules: Object.fromEntries(
       Object.entries(m.spec.modules).map(([k, v]) => [k, { file: path.relative(m.dir, v.path), bytes: statSync(v.path).size }]),

@@ -2,7 +2,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, 
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseJsonLenient, readManifest, summarizeManifest } from "../../src/pipeline/manifest.js";
+import { ATTENTION_CONTROL, parseJsonLenient, readManifest, requireCapability, summarizeManifest } from "../../src/pipeline/manifest.js";
 import { fixtureNames, loadFixture } from "./golden.js";
 
 const root = mkdtempSync(path.join(os.tmpdir(), "blipdiff-manifest-"));
@@ -106,6 +106,28 @@ describe("manifest.json", () => {
     for (const bad of [0, -3, 2.5, "512", null, true])
       expect(() => readManifest(folder((x) => (x.config.qformer_max_text_length = bad))))
         .toThrow(/expected a positive integer for config.qformer_max_text_length/);
+  });
+
+  it("reads capabilities (absent in exports before 0.3.0: none) and refuses edit without attention control", () => {
+    const old = readManifest(folder());
+    expect(old.capabilities).toEqual([]);
+    expect(() => requireCapability(old, ATTENTION_CONTROL, "edit")).toThrow(
+      /^edit needs a model exported with "attention_control", which .* lacks \(its manifest's capabilities: none\); re-convert the model with `blipdiff convert`$/,
+    );
+    const other = readManifest(folder((x) => (x.capabilities = ["something_else"])));
+    expect(() => requireCapability(other, ATTENTION_CONTROL, "edit")).toThrow(/capabilities: something_else\); re-convert/);
+    const m = readManifest(folder((x) => (x.capabilities = ["attention_control"])));
+    expect(m.capabilities).toEqual(["attention_control"]);
+    expect(summarizeManifest(m).capabilities).toEqual(["attention_control"]);
+    expect(() => requireCapability(m, ATTENTION_CONTROL, "edit")).not.toThrow();
+    for (const bad of ["attention_control", [1], [""], null, {}])
+      expect(() => readManifest(folder((x) => (x.capabilities = bad))))
+        .toThrow(/expected a list of strings for manifest.capabilities/);
+  });
+
+  it("the exported fixtures have attention control (exporter 0.3.0)", async () => {
+    const { exportRoot } = await import("../helpers/fixtures.js");
+    for (const name of fixtureNames()) expect(readManifest(path.join(exportRoot, name, "ckpt")).capabilities).toContain(ATTENTION_CONTROL);
   });
 
   it("parses Python JSON leniently without touching strings", () => {
