@@ -13,6 +13,11 @@ export type {
 export { saveSubjectEmbedding, loadSubjectEmbedding, serializeSubjectEmbedding, checkSubjectEmbedding } from "./pipeline/embedding.js";
 export type { FinetuneOptions, FinetuneParameters, FinetuneProgress, FinetuneResult, FinetuneTimings } from "./pipeline/finetune.js";
 export { preflightFinetune } from "./pipeline/finetune.js";
+export type { EditOptions, EditParameters, EditPreflight, EditPreflightOptions, EditProgress, EditResult, EditTimings } from "./pipeline/edit.js";
+export { preflightEdit, preprocessPhoto, resizePhoto } from "./pipeline/edit.js";
+export { EDIT_DEFAULTS, editPrompts, resolveEditPrompt, resolveEditSettings, tokenizeEdit } from "./edit/options.js";
+export type { EditPromptOptions, EditSettings, EditTokens, ResolvedEditPrompt, ResolvedEditSettings } from "./edit/options.js";
+export { alignTokens, alignmentSequence, subjectPositions, tokenAlignment } from "./edit/align.js";
 export { FINETUNE_FORMAT, FINETUNE_VERSION, baseModelOf, checkBaseModel, loadSubjectFile, saveFinetunedSubject } from "./finetune/file.js";
 export type { BaseModelIdentity, FinetuneInfo, FinetuneMode, SaveDType } from "./finetune/file.js";
 export { FINETUNE_DEFAULTS, FINETUNE_LIMITS, maxLoraRank, resolveFinetune } from "./finetune/options.js";
@@ -30,7 +35,7 @@ export type { Preflight, PreflightOptions } from "./pipeline/preflight.js";
 export { ClipTokenizer, WordPieceTokenizer, tokenizePrompts } from "./pipeline/tokenize.js";
 export { preprocessSubject, preprocessCondition, resizeSubject } from "./pipeline/preprocess.js";
 export type { SubjectCrop } from "./pipeline/preprocess.js";
-export { readManifest, MANIFEST_FORMAT, MANIFEST_VERSION } from "./pipeline/manifest.js";
+export { ATTENTION_CONTROL, readManifest, requireCapability, MANIFEST_FORMAT, MANIFEST_VERSION } from "./pipeline/manifest.js";
 export type { ModelManifest } from "./pipeline/manifest.js";
 export { decodeRgb } from "./image/decode.js";
 export type { ImageSource, NamedBytes } from "./image/decode.js";
@@ -41,6 +46,9 @@ export { insertPngText, readPngText } from "./image/png-text.js";
 export { loadAddon, addonPath, AddonNotFoundError } from "./bindings/index.js";
 export type {
   NativeBuildInfo,
+  NativeEditProgress,
+  NativeEditRecord,
+  NativeEditStepRecord,
   NativeFinetuneDraws,
   NativeImage,
   NativeProgress,

@@ -241,6 +241,8 @@ export interface NativeEditParams {
   noControl?: boolean;
   /** Return the intermediates in `record`. */
   record?: boolean;
+  /** Fine-tuned UNet weights (full or LoRA) for this call only (a fine-tuned subject's, as generate's `unet`). */
+  unet?: NativeUnetOverride;
 }
 
 export interface NativeEditProgress {

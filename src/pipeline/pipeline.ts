@@ -13,6 +13,7 @@ import type {
 } from "../bindings/types.js";
 import { AbortError, ModelError, invalid, messageOf } from "../errors.js";
 import { abortable, asArray, guardProgress, isAbort, withCallerStack } from "./calls.js";
+import { runEdit, type EditHost, type EditOptions, type EditResult } from "./edit.js";
 import { runFinetune, type FinetuneHost, type FinetuneOptions, type FinetuneResult } from "./finetune.js";
 import { decodeRgb, sourceName, type DecodeOptions, type ImageSource } from "../image/decode.js";
 import type { RawImage } from "../image/resample.js";
@@ -360,6 +361,28 @@ export class BlipDiffusionPipeline {
       encode: (images, names, subject, crop, signal) => this.encodeDecoded(images, names, subject, crop, signal),
       nativeWarnings: () => this.nativeWarnings(),
     };
+  }
+
+  /**
+   * Subject-driven prompt-to-prompt editing (LAVIS's BLIP-Diffusion editing; ../shared/fixtures edit.json "spec"): the
+   * source image "a {sourceSubject} {prompt}", generated from `seed` or a photo (`image`, DDIM-inverted), is edited so
+   * that the subject becomes the given one ("a {targetSubject} {prompt}" with the subject embedding), keeping the rest.
+   * Needs a model exported with attention control (manifest capability "attention_control").
+   */
+  edit(options: EditOptions): Promise<EditResult> {
+    const caller = new Error();
+    return this.serialize(async () => {
+      try {
+        return await runEdit(this.editHost(), options);
+      } catch (err) {
+        if (isAbort(err) || options.signal?.aborted) throw withCallerStack(new AbortError(), caller);
+        throw withCallerStack(err, caller);
+      }
+    });
+  }
+
+  private editHost(): EditHost {
+    return { ...this.finetuneHost(), pictureName };
   }
 
   /** Frees the modules; idempotent; waits for the running call. */
