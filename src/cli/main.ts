@@ -8,6 +8,7 @@ import { loadedAddon, packageRoot } from "../bindings/index.js";
 import { messageOf } from "../errors.js";
 import { removePartialFiles } from "../io/atomic.js";
 import { ChildExit, convertCommand } from "./convert.js";
+import { editCommand } from "./edit.js";
 import { encodeCommand } from "./encode.js";
 import { finetuneCommand } from "./finetune.js";
 import { EXIT, exitCodeFor } from "./errors.js";
@@ -31,6 +32,7 @@ export function buildProgram(signal: AbortSignal): Command {
   program.addCommand(generateCommand(signal));
   program.addCommand(encodeCommand(signal));
   program.addCommand(finetuneCommand(signal));
+  program.addCommand(editCommand(signal));
   program.addCommand(infoCommand());
   program.addCommand(convertCommand(signal));
   const configure = (cmd: Command): void => {

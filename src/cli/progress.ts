@@ -2,7 +2,7 @@
 // nothing with --quiet. stdout is reserved for results.
 import chalk from "chalk";
 import ora, { type Ora } from "ora";
-import type { NativeProgress } from "../bindings/types.js";
+import type { NativeEditProgress, NativeProgress } from "../bindings/types.js";
 
 function isDebug(): boolean {
   const v = process.env.BLIPDIFF_DEBUG;
@@ -34,6 +34,21 @@ export class Progress {
   step(p: NativeProgress, numImages: number): void {
     const img = numImages > 1 ? `image ${p.image + 1}/${numImages}, ` : "";
     const text = p.phase === "denoise" ? `${img}denoising step ${p.step}/${p.total}` : `${img}${p.phase === "text" ? "encoding text" : "decoding"}`;
+    this.phase(text);
+  }
+
+  /** Editing progress: the photo's inversion and the edit are separate phases, each with its steps. */
+  editStep(p: NativeEditProgress): void {
+    const text =
+      p.phase === "inversion"
+        ? `inverting the photo: step ${p.step}/${p.total}`
+        : p.phase === "edit"
+          ? `editing step ${p.step}/${p.total}`
+          : p.phase === "text"
+            ? "encoding text"
+            : p.phase === "encode"
+              ? "encoding the photo"
+              : "decoding";
     this.phase(text);
   }
 
