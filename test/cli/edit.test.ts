@@ -275,6 +275,14 @@ for (const name of names) {
       expect(Buffer.from(again.edited.data).equals(Buffer.from(plain.edited.data)), "the loaded UNet is unchanged afterwards").toBe(true);
     });
 
+    it("an AbortSignal stops an edit between UNet calls (AbortError, no result) and the pipeline still works", async () => {
+      const controller = new AbortController();
+      const run = pipe.edit(genOptions({ record: false, signal: controller.signal, onProgress: (e) => e.phase === "edit" && e.step === 1 && controller.abort() }));
+      await expect(run).rejects.toMatchObject({ name: "AbortError" });
+      const again = await pipe.edit(genOptions({ record: false }));
+      expect(Buffer.from(again.edited.data).equals(Buffer.from(runs.gen!.edited.data))).toBe(true);
+    });
+
     describe("through the CLI", () => {
       buildCli();
       /** CLI arguments of a golden case. */
