@@ -6,7 +6,7 @@ import { loadAddon } from "../bindings/index.js";
 import { AbortError, messageOf } from "../errors.js";
 import { EDIT_CLI_NAMES, EDIT_DEFAULTS } from "../edit/options.js";
 import { loadSubjectFile } from "../finetune/file.js";
-import { decodeRgb, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
+import { decodeRgb, readSource, stdinIsTerminal, type NamedBytes } from "../image/decode.js";
 import { encodeImage, formatFromPath, type ImageFormat } from "../image/encode.js";
 import type { NativeImage } from "../bindings/types.js";
 import { preflightEdit, type EditParameters } from "../pipeline/edit.js";
@@ -152,7 +152,7 @@ async function runEditCommand(f: EditFlags, signal: AbortSignal): Promise<void> 
   let photo: NamedBytes | undefined;
   let photoSize: { width: number; height: number; name: string } | undefined;
   if (f.image !== undefined) {
-    [photo] = await readPictures([f.image], "--image");
+    photo = await readSource(f.image, "--image");
     const img = await decodeRgb(photo, { label: "--image" });
     photoSize = { width: img.width, height: img.height, name: photo.name };
   }
@@ -182,10 +182,11 @@ async function runEditCommand(f: EditFlags, signal: AbortSignal): Promise<void> 
     let res;
     try {
       res = await pipe.edit({
-        ...f,
         ...s,
-        seed: s.seed,
-        inversionSteps: s.inversionSteps,
+        prompt: f.prompt,
+        sourceSubject: f.sourceSubject,
+        targetSubject: f.targetSubject,
+        negativePrompt: f.negativePrompt,
         subject: pre.subject,
         subjectImage: pictures.length > 0 ? pictures : undefined,
         subjectEmbedding: embedding,
