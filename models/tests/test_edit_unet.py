@@ -236,7 +236,10 @@ def test_unet_without_edit_layers_refuses_control(fixture, tmp_path):
 
 
 def _normalized(code: str) -> str:
-    return re.sub(r"___torch_mangle_\d+\.", "", code)
+    """Without mangled type-name suffixes and source-location comments (their paths depend on what the process
+    scripted before, see reproducible.py)."""
+    code = re.sub(r"___torch_mangle_\d+\.", "", code)
+    return re.sub(r" # \S+:\d+:\d+$", "", code, flags=re.MULTILINE)
 
 
 def test_forward_graph_is_unchanged_by_forward_edit(fixture):
@@ -298,3 +301,40 @@ def test_exported_unet_and_manifest(fixture, edit, exported):
         out, blend, _ = call(unet, edit, case, 0)
         assert_latents_close(out, edit.t[f"{p}.step0.unet_out"], f"{p}.step0.unet_out (exported unet.pt)")
         assert len(blend) == len(unet.edit_blend_layer_names)
+
+
+@pytest.mark.parametrize("use_linear_projection", [False, True])
+def test_other_shapes_table_matches_what_runs(tmp_path, use_linear_projection):
+    """Three levels, two layers in one block, odd latent sizes: the recorded and LocalBlend probabilities have the
+    shapes the table gives, and the controls leave the source rows alone."""
+    from test_unet import _small_config
+
+    config = _small_config(use_linear_projection=use_linear_projection)
+    torch.manual_seed(0)
+    scripted = script_roundtrip(UNet2DConditionModel(config).eval(), tmp_path)
+    hw, keys = (11, 7), 5
+    table = attention_table(config, hw, keys)
+    sample = torch.randn(4, 4, *hw)
+    states = torch.randn(4, keys, config["cross_attention_dim"])
+    mapper = torch.tensor([0, -1, 1, 3, 4])
+    alphas = torch.ones(keys)  # also where mapper is -1 (the editing goldens have 0 there), to see the last column
+    with torch.no_grad():
+        out, blend, recorded = scripted.forward_edit(
+            sample, torch.tensor(500), states, mapper, alphas, torch.ones(keys), True, True, True, True
+        )
+        plain = scripted(sample, torch.tensor(500), states)
+    assert [tuple(p.shape) for p in recorded] == [
+        (2 * layer.heads, layer.query_hw[0] * layer.query_hw[1], layer.keys) for layer in table.layers
+    ]
+    assert [tuple(p.shape) for p in blend] == [
+        (layer.heads, layer.query_hw[0] * layer.query_hw[1], keys) for layer in table.layers if layer.local_blend
+    ]
+    for layer, probs in zip(table.layers, recorded, strict=True):
+        src, edited = probs[: layer.heads], probs[layer.heads :]
+        if layer.self_replace:
+            assert torch.equal(edited, src), layer.name
+        if layer.cross_replace:  # alphas * cross_alpha = 1: exactly the source column mapper[j] (-1: the last)
+            for j in range(keys):
+                assert torch.equal(edited[..., j], src[..., int(mapper[j])]), (layer.name, j)
+    assert_close(out[:3], plain[:3], "rows other than cond_edit", atol=1e-5, rtol=1e-5)
+    assert (out[3] - plain[3]).abs().max() > 1e-3
