@@ -30,7 +30,7 @@ function sumText(ratios: number[], sum: number): string {
 export function checkBlendRatios(ratios: readonly unknown[], names?: readonly string[]): number[] {
   if (!Array.isArray(ratios)) throw invalid("an array of numbers", "ratios", ratios, "type");
   if (ratios.length < BLEND_MIN_SUBJECTS)
-    throw invalid(`at least ${BLEND_MIN_SUBJECTS} subjects to blend (to use one, pass it to generate as it is)`, "ratios", ratios);
+    throw invalid(`at least ${BLEND_MIN_SUBJECTS} weights (one per subject; a single subject needs no blend)`, "ratios", ratios);
   ratios.forEach((r, i) => {
     const name = `the weight of ${names?.[i] ?? `subject ${i + 1}`}`;
     if (typeof r !== "number") throw invalid("a number", name, r, "type");
@@ -41,7 +41,7 @@ export function checkBlendRatios(ratios: readonly unknown[], names?: readonly st
   const sum = nums.reduce((a, b) => a + b, 0);
   // The slack absorbs the double rounding of the sum itself, so 0.333333 x 3 is not refused by 3e-17.
   if (!(Math.abs(sum - 1) <= BLEND_RATIO_TOLERANCE * (1 + 1e-9)))
-    throw new RangeError(`Expected weights that sum to 1 (within ${BLEND_RATIO_TOLERANCE}) but received ${sumText(nums, sum)}`);
+    throw new RangeError(`Expected weights that sum to 1 (within ${BLEND_RATIO_TOLERANCE.toExponential()}) but received ${sumText(nums, sum)}`);
   return nums;
 }
 
