@@ -21,6 +21,7 @@ from .unet_blocks import (
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
     DownBlock2D,
+    EditControl,
     TimestepEmbedding,
     Timesteps,
     UNetMidBlock2DCrossAttn,
@@ -486,8 +487,7 @@ class UNet2DConditionModel(nn.Module):
                 raise RuntimeError(
                     f"forward_edit: alphas and cross_alpha must be [{keys}], got {alphas.shape} and {cross_alpha.shape}"
                 )
-        blend: list[Tensor] = []
-        recorded: list[Tensor] = []
+        ctl = EditControl(mapper, alphas, cross_alpha, cross_replace, self_replace, collect_blend, record)
 
         if self.center_input_sample:
             sample = 2 * sample - 1.0
@@ -498,38 +498,12 @@ class UNet2DConditionModel(nn.Module):
         h = self.conv_in(sample)
         skips: list[Tensor] = [h]
         for block in self.down_blocks:
-            h, block_skips = block.forward_edit(
-                h,
-                temb,
-                encoder_hidden_states,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h, block_skips = block.forward_edit(h, temb, encoder_hidden_states, ctl)
             skips.extend(block_skips)
 
         mid = self.mid_block
         if mid is not None:
-            h = mid.forward_edit(
-                h,
-                temb,
-                encoder_hidden_states,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h = mid.forward_edit(h, temb, encoder_hidden_states, ctl)
 
         num_up = len(self.up_blocks)
         for i, block in enumerate(self.up_blocks):
@@ -539,24 +513,9 @@ class UNet2DConditionModel(nn.Module):
             upsample_size: list[int] | None = None
             if i < num_up - 1:
                 upsample_size = skips[-1].shape[2:]
-            h = block.forward_edit(
-                h,
-                block_skips,
-                temb,
-                encoder_hidden_states,
-                upsample_size,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h = block.forward_edit(h, block_skips, temb, encoder_hidden_states, upsample_size, ctl)
 
-        return self.conv_out(F.silu(self.conv_norm_out(h))), blend, recorded
+        return self.conv_out(F.silu(self.conv_norm_out(h))), ctl.blend, ctl.recorded
 
 
 # TorchScript reads attribute types from here (class-level annotations are strings under `from __future__`); the

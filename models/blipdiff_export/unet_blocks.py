@@ -10,9 +10,8 @@ Conventions:
 - ModuleList loops are unrolled by TorchScript; ModuleLists can only be indexed by literals there, so pairs of
   lists of equal length are walked with zip() and offset pairs with enumerate() plus an index comparison.
 - `forward_edit` (UNet blocks only) is `forward` with prompt-to-prompt attention control (edit.json spec, sections
-  6 and 7); `forward` itself is left as it was, so generation and fine-tuning run the graph they always ran. The
-  control arguments (mapper ... record, see UNet2DConditionModel.forward_edit) are threaded through unchanged; `blend` and `recorded` are lists the
-  attention layers append to (TorchScript lists are passed by reference).
+  6 and 7), its arguments and outputs in one EditControl; `forward` itself is left as it was, so generation and
+  fine-tuning run the graph they always ran.
 """
 
 from __future__ import annotations
@@ -104,6 +103,32 @@ class ResnetBlock2D(nn.Module):
         return out
 
 
+class EditControl:
+    """One forward_edit call's control arguments (UNet2DConditionModel.forward_edit documents them) and the lists its
+    attention layers append to. TorchScript compiles the class where forward_edit first uses it (inside the exporter's
+    reproducible scripting) and passes it by reference, so every layer appends to the same lists."""
+
+    def __init__(
+        self,
+        mapper: Tensor,
+        alphas: Tensor,
+        cross_alpha: Tensor,
+        cross_replace: bool,
+        self_replace: bool,
+        collect_blend: bool,
+        record: bool,
+    ):
+        self.mapper = mapper
+        self.alphas = alphas
+        self.cross_alpha = cross_alpha
+        self.cross_replace = cross_replace
+        self.self_replace = self_replace
+        self.collect_blend = collect_blend
+        self.record = record
+        self.blend: list[Tensor] = []  # cond_src probabilities of the LocalBlend layers, call order
+        self.recorded: list[Tensor] = []  # conditional half of every layer's probabilities, call order
+
+
 class AdaptableLinear(nn.Linear):
     """nn.Linear (the same parameters, names and math) with an optional low-rank update that the runtime attaches
     while it fine-tunes LoRA adapters: y = x W^T + b + lora_scale * (x A^T) B^T, A = lora_down [r, in],
@@ -167,27 +192,14 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
         return self.to_out[0](out)
 
-    def forward_edit(
-        self,
-        x: Tensor,
-        context: Tensor | None,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> Tensor:
+    def forward_edit(self, x: Tensor, context: Tensor | None, ctl: EditControl) -> Tensor:
         """`forward`, with explicit probabilities and the controller where this layer has something to do."""
         cross = self.edit_cross
-        replace = (cross and cross_replace and self.edit_cross_replace) or (
-            not cross and self_replace and self.edit_self_replace
+        replace = (cross and ctl.cross_replace and self.edit_cross_replace) or (
+            not cross and ctl.self_replace and self.edit_self_replace
         )
-        collect = collect_blend and self.edit_local_blend
-        if not (replace or collect or record):
+        collect = ctl.collect_blend and self.edit_local_blend
+        if not (replace or collect or ctl.record):
             return self.forward(x, context)
 
         ctx = x if context is None else context
@@ -211,16 +223,16 @@ class Attention(nn.Module):
                 edit = probs[3 * heads :]
                 if cross:
                     # AttentionRefine, operation for operation (with 0/1 weights it is bitwise a selection).
-                    gathered = src.index_select(-1, torch.remainder(mapper, probs.shape[-1]))
-                    refined = gathered * alphas + edit * (1 - alphas)
-                    edit = refined * cross_alpha + (1 - cross_alpha) * edit
+                    gathered = src.index_select(-1, torch.remainder(ctl.mapper, probs.shape[-1]))
+                    refined = gathered * ctl.alphas + edit * (1 - ctl.alphas)
+                    edit = refined * ctl.cross_alpha + (1 - ctl.cross_alpha) * edit
                 else:
                     edit = src
                 probs = torch.cat([probs[: 3 * heads], edit], dim=0)
             if collect:
-                blend.append(src)
-        if record:
-            recorded.append(probs[(b // 2) * heads :])
+                ctl.blend.append(src)
+        if ctl.record:
+            ctl.recorded.append(probs[(b // 2) * heads :])
 
         out = torch.bmm(probs, v)
         out = out.view(b, heads, -1, dh).transpose(1, 2).reshape(b, -1, heads * dh)
@@ -268,52 +280,9 @@ class BasicTransformerBlock(nn.Module):
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
-    def forward_edit(
-        self,
-        x: Tensor,
-        context: Tensor,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> Tensor:
-        x = (
-            self.attn1.forward_edit(
-                self.norm1(x),
-                None,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
-            + x
-        )
-        x = (
-            self.attn2.forward_edit(
-                self.norm2(x),
-                context,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
-            + x
-        )
+    def forward_edit(self, x: Tensor, context: Tensor, ctl: EditControl) -> Tensor:
+        x = self.attn1.forward_edit(self.norm1(x), None, ctl) + x
+        x = self.attn2.forward_edit(self.norm2(x), context, ctl) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -363,20 +332,7 @@ class Transformer2DModel(nn.Module):
             h = self.proj_out(h.reshape(b, height, width, self.inner).permute(0, 3, 1, 2))
         return h + x
 
-    def forward_edit(
-        self,
-        x: Tensor,
-        context: Tensor,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> Tensor:
+    def forward_edit(self, x: Tensor, context: Tensor, ctl: EditControl) -> Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)
         if self.use_linear_projection:
@@ -384,19 +340,7 @@ class Transformer2DModel(nn.Module):
         else:
             h = self.proj_in(h).permute(0, 2, 3, 1).reshape(b, height * width, self.inner)
         for block in self.transformer_blocks:
-            h = block.forward_edit(
-                h,
-                context,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h = block.forward_edit(h, context, ctl)
         if self.use_linear_projection:
             h = self.proj_out(h).reshape(b, height, width, c).permute(0, 3, 1, 2)
         else:
@@ -486,36 +430,10 @@ class CrossAttnDownBlock2D(nn.Module):
             skips.append(h)
         return h, skips
 
-    def forward_edit(
-        self,
-        h: Tensor,
-        temb: Tensor,
-        context: Tensor,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward_edit(self, h: Tensor, temb: Tensor, context: Tensor, ctl: EditControl) -> tuple[Tensor, list[Tensor]]:
         skips: list[Tensor] = []
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
-            h = attn.forward_edit(
-                resnet(h, temb),
-                context,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h = attn.forward_edit(resnet(h, temb), context, ctl)
             skips.append(h)
         for down in self.downsamplers:
             h = down(h)
@@ -554,21 +472,7 @@ class DownBlock2D(nn.Module):
             skips.append(h)
         return h, skips
 
-    def forward_edit(
-        self,
-        h: Tensor,
-        temb: Tensor,
-        context: Tensor,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward_edit(self, h: Tensor, temb: Tensor, context: Tensor, ctl: EditControl) -> tuple[Tensor, list[Tensor]]:
         return self.forward(h, temb, context)  # no attention
 
 
@@ -647,32 +551,12 @@ class CrossAttnUpBlock2D(nn.Module):
         temb: Tensor,
         context: Tensor,
         upsample_size: list[int] | None,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
+        ctl: EditControl,
     ) -> Tensor:
         i = 0
         for resnet, attn in zip(self.resnets, self.attentions, strict=True):
             h = torch.cat([h, skips[-1 - i]], dim=1)
-            h = attn.forward_edit(
-                resnet(h, temb),
-                context,
-                mapper,
-                alphas,
-                cross_alpha,
-                cross_replace,
-                self_replace,
-                collect_blend,
-                record,
-                blend,
-                recorded,
-            )
+            h = attn.forward_edit(resnet(h, temb), context, ctl)
             i += 1
         for up in self.upsamplers:
             h = up(h, upsample_size)
@@ -723,15 +607,7 @@ class UpBlock2D(nn.Module):
         temb: Tensor,
         context: Tensor,
         upsample_size: list[int] | None,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
+        ctl: EditControl,
     ) -> Tensor:
         return self.forward(h, skips, temb, context, upsample_size)  # no attention
 
@@ -782,37 +658,11 @@ class UNetMidBlock2DCrossAttn(nn.Module):
             h = resnet(h, temb)
         return h
 
-    def forward_edit(
-        self,
-        h: Tensor,
-        temb: Tensor,
-        context: Tensor,
-        mapper: Tensor,
-        alphas: Tensor,
-        cross_alpha: Tensor,
-        cross_replace: bool,
-        self_replace: bool,
-        collect_blend: bool,
-        record: bool,
-        blend: list[Tensor],
-        recorded: list[Tensor],
-    ) -> Tensor:
+    def forward_edit(self, h: Tensor, temb: Tensor, context: Tensor, ctl: EditControl) -> Tensor:
         for i, resnet in enumerate(self.resnets):
             for j, attn in enumerate(self.attentions):
                 if j + 1 == i:
-                    h = attn.forward_edit(
-                        h,
-                        context,
-                        mapper,
-                        alphas,
-                        cross_alpha,
-                        cross_replace,
-                        self_replace,
-                        collect_blend,
-                        record,
-                        blend,
-                        recorded,
-                    )
+                    h = attn.forward_edit(h, context, ctl)
             h = resnet(h, temb)
         return h
 

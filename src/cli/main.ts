@@ -7,6 +7,7 @@ import path from "node:path";
 import { loadedAddon, packageRoot } from "../bindings/index.js";
 import { messageOf } from "../errors.js";
 import { removePartialFiles } from "../io/atomic.js";
+import { blendCommand } from "./blend.js";
 import { ChildExit, convertCommand } from "./convert.js";
 import { editCommand } from "./edit.js";
 import { encodeCommand } from "./encode.js";
@@ -33,6 +34,7 @@ export function buildProgram(signal: AbortSignal): Command {
   program.addCommand(encodeCommand(signal));
   program.addCommand(finetuneCommand(signal));
   program.addCommand(editCommand(signal));
+  program.addCommand(blendCommand());
   program.addCommand(infoCommand());
   program.addCommand(convertCommand(signal));
   const configure = (cmd: Command): void => {

@@ -1,5 +1,5 @@
 // Subject embeddings on disk: a safetensors file with one F32 tensor `query_embeds` [1, Q, D] and string
-// metadata (format, subject, source images, model) in `__metadata__`. (Fine-tuned subjects, which carry UNet
+// metadata (format, subject, source images, model, and for a blend its inputs) in `__metadata__`. (Fine-tuned subjects, which carry UNet
 // weights too, have their own format: src/finetune/file.ts.)
 import type { NativeTensor } from "../bindings/types.js";
 import type { FinetuneInfo } from "../finetune/file.js";
@@ -11,6 +11,20 @@ export const EMBEDDING_FORMAT = "blipdiff-subject-embedding";
 export const EMBEDDING_VERSION = "1";
 export const REDO_ENCODE = "make it again with `blipdiff encode`";
 const REDO = REDO_ENCODE;
+
+/** One input of a blend (`blipdiff blend`, blendSubjects in src/pipeline/blend.ts), as recorded in its file. */
+export interface BlendComponent {
+  /** The input's file name (base name), or how the caller named it. */
+  source: string;
+  /** The input's subject word. */
+  subject: string;
+  /** Its weight, as given (the blend multiplies by it rounded to float32). */
+  ratio: number;
+  /** The input's own source pictures. */
+  sourceImages: string[];
+  /** Set when the input was itself a blend. */
+  blend?: BlendComponent[];
+}
 
 /** Subject ("ctx") embeddings and where they came from. */
 export interface SubjectEmbedding {
@@ -27,6 +41,8 @@ export interface SubjectEmbedding {
    * generate() uses with this embedding, and the base model they belong to.
    */
   finetune?: FinetuneInfo;
+  /** Set for a blend of several subjects: its inputs and their weights, in order. */
+  blend?: BlendComponent[];
 }
 
 /** The safetensors metadata of an encode file. */
@@ -37,6 +53,7 @@ function embeddingMetadata(e: SubjectEmbedding): Record<string, string> {
     subject: e.subject,
     source_images: JSON.stringify(e.sourceImages),
     model: JSON.stringify(e.model),
+    ...(e.blend ? { blend: JSON.stringify(e.blend) } : {}),
   };
 }
 
@@ -80,11 +97,14 @@ export function embeddingFromReader(file: string, r: SafetensorsReader, bad: (wh
   const at = firstNonFinite(data);
   if (at >= 0) throw new InputError(`${file} contains non-finite values (${data[at]} at index ${at}) in query_embeds; ${REDO}`);
   const meta = r.metadata;
+  const blend = parseMetadataJson<unknown>(meta.blend, undefined);
   return {
     queryEmbeds: { data, shape: t.shape },
     subject: meta.subject ?? "",
     sourceImages: parseMetadataJson<string[]>(meta.source_images, []),
     model: parseMetadataJson<SubjectEmbedding["model"]>(meta.model, {}),
+    // Provenance only: kept when it is a list, never used in computation.
+    ...(Array.isArray(blend) ? { blend: blend as BlendComponent[] } : {}),
   };
 }
 
