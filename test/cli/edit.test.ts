@@ -347,6 +347,30 @@ for (const name of names) {
         expect(meta).toMatchObject({ image: path.basename(real.real_image.file), inversionPrompt: real.inversion_prompt, scheduler: "ddim" });
       });
 
+      it("--subject-embedding takes a `blipdiff blend` file: the CLI's images equal the library's with the blended subject", async () => {
+        const qformerSha256 = readManifest(model).spec.modules.qformer.sha256;
+        const parts = [0, 1].map((i) => {
+          const file = path.join(tmp, `part${i}.safetensors`);
+          saveSubjectEmbedding(file, { queryEmbeds: t32(`blend.query_embeds.${i}`), subject: gen.params.cond_subject, sourceImages: [], model: { qformerSha256 } });
+          return file;
+        });
+        const blended = path.join(tmp, "blended.safetensors");
+        const ratios = json.cases.blend.params.ratio as number[];
+        const b = runCli(["blend", ...parts.map((p, i) => `${p}:${ratios[i]}`), "-q", "-o", blended]);
+        expect(b.code, b.stderr).toBe(0);
+        const out = path.join(mkdtempSync(path.join(tmp, "cli-blend-")), "edited.png");
+        const args = cliArgs(gen).filter((a, i, all) => !["--subject-image", "--subject"].includes(a) && !["--subject-image", "--subject"].includes(all[i - 1]));
+        const size = ["--width", String(gen.params.width), "--height", String(gen.params.height)];
+        const r = runCli([...args, "--subject-embedding", blended, "--seed", String(gen.params.latents_seed), ...size, "-q", "-o", out, "--json"]);
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout.toString()).parameters.subject).toBe(gen.params.cond_subject);
+        const lib = await pipe.edit(genOptions({ subjectImage: undefined, subject: undefined, subjectEmbedding: loadSubjectFile(blended), record: false }));
+        const cli = await decoded(out);
+        expect(Buffer.from(cli.data).equals(Buffer.from(lib.edited.data))).toBe(true);
+        // The blend is not the golden subject: the edit differs from the golden one.
+        expect(Buffer.from(lib.edited.data).equals(Buffer.from(runs.gen!.edited.data))).toBe(false);
+      });
+
       it("--subject-embedding (an encode file), -o - writes the edited PNG to stdout", async () => {
         const emb = path.join(tmp, "subject.safetensors");
         saveSubjectEmbedding(emb, { queryEmbeds: t32("gen.query_embeds"), subject: gen.params.cond_subject, sourceImages: ["reference.png"], model: {} });
