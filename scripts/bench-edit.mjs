@@ -7,9 +7,9 @@
 //      (DDIM inversion, then DDIM) with the same size and steps (`blipdiff_bench --edit 1`).
 // A/B shows whether plain generation kept its speed; E gives edit / generate and the cost of inversion.
 //   node scripts/bench-edit.mjs --bench BIN --old DIR --new DIR [--pairs 2] [--runs 2] [--width 256] [--steps 5]
-// BIN: cmake -S native -B build-tools -G Ninja -DBLIPDIFF_BUILD_TOOLS=ON -DCMAKE_BUILD_TYPE=Release
+// BIN: cmake -S native -B .bench/tools -G Ninja -DBLIPDIFF_BUILD_TOOLS=ON -DCMAKE_BUILD_TYPE=Release
 //        -DCMAKE_PREFIX_PATH=$(.venv/bin/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
-//      cmake --build build-tools --target blipdiff_bench
+//      cmake --build .bench/tools --target blipdiff_bench
 // Prints one JSON document; run it on a quiet machine (nothing else running).
 import { fail, measureChild } from "./lib.mjs";
 

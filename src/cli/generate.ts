@@ -50,7 +50,7 @@ export function generateCommand(signal: AbortSignal): Command {
     .option("--subject-image <file|->", "picture of the subject (- reads stdin); repeat to average several", collect)
     .option("--subject <text>", "category word of the subject in the picture, e.g. dog")
     .option("--target-subject <text>", "category word in the output (default: --subject)")
-    .option("--subject-embedding <file>", "a subject saved by `blipdiff encode` or `blipdiff finetune` (instead of --subject-image; --subject defaults to the file's)")
+    .option("--subject-embedding <file>", "a subject saved by `blipdiff encode`, `blipdiff blend` or `blipdiff finetune` (instead of --subject-image; --subject defaults to the file's)")
     .requiredOption("--prompt <text>", "what the subject does, e.g. 'swimming in a pool'")
     .option("--negative-prompt <text>", "negative prompt (used when guidance > 1)", DEFAULTS.negativePrompt)
     .option("--steps <n>", "denoising steps (1-1000)", parseIntArg, DEFAULTS.steps)

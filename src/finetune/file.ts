@@ -243,7 +243,7 @@ function finetunedFromReader(file: string, r: SafetensorsReader): SubjectEmbeddi
  * a model with {@link checkBaseModel}.
  */
 export function loadSubjectFile(file: string): SubjectEmbedding {
-  const either = "make it with `blipdiff encode` or `blipdiff finetune`";
+  const either = "make it with `blipdiff encode`, `blipdiff blend` or `blipdiff finetune`";
   let r: SafetensorsReader;
   try {
     r = SafetensorsReader.open(file);

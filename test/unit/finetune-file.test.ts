@@ -208,7 +208,7 @@ describe("malformed fine-tuned files", () => {
   });
 
   it("refuses each malformed part with the reason and the fix", () => {
-    refused((g) => (g.meta.format = "something-else"), /is not a blipdiff subject embedding or fine-tuned subject: format is "something-else"; make it with `blipdiff encode` or `blipdiff finetune`$/);
+    refused((g) => (g.meta.format = "something-else"), /is not a blipdiff subject embedding or fine-tuned subject: format is "something-else"; make it with `blipdiff encode`, `blipdiff blend` or `blipdiff finetune`$/);
     refused((g) => (g.meta.format_version = "2"), /has fine-tune format_version "2", this blipdiff reads version 1; fine-tune it again/);
     refused((g) => (g.meta.mode = "half"), /mode is "half", expected "full" or "lora"; fine-tune it again with `blipdiff finetune`$/);
     refused((g) => (g.meta.save_dtype = "int8"), /save_dtype is "int8"/);
