@@ -34,7 +34,7 @@ import { abortable, asArray, guardProgress } from "./calls.js";
 import type { SubjectEmbedding } from "./embedding.js";
 import { ATTENTION_CONTROL, modelLabel, requireCapability, type ModelManifest } from "./manifest.js";
 import { DEFAULTS } from "./options.js";
-import { checkEmbeddingFor, checkSubjectText } from "./preflight.js";
+import { resolveSubjectInput, type SubjectInputOptions } from "./preflight.js";
 import { parseSubjectCrop, type SubjectCrop } from "./preprocess.js";
 
 export type EditProgress = NativeEditProgress;
@@ -117,12 +117,7 @@ export interface EditPreflight {
   warnings: string[];
 }
 
-export interface EditPreflightOptions extends EditSettings, EditPromptOptions {
-  subject?: string;
-  subjectEmbedding?: SubjectEmbedding;
-  /** Names the embedding in messages (e.g. its file). */
-  embeddingSource?: string;
-  hasSubjectImage: boolean;
+export interface EditPreflightOptions extends EditSettings, EditPromptOptions, SubjectInputOptions {
   /** The photo to edit (its size and name), when there is one. */
   photo?: PhotoSize;
 }
@@ -134,12 +129,7 @@ export interface EditPreflightOptions extends EditSettings, EditPromptOptions {
  */
 export function preflightEdit(m: ModelManifest, o: EditPreflightOptions, names: EditNames = EDIT_LIBRARY_NAMES): EditPreflight {
   requireCapability(m, ATTENTION_CONTROL, "edit");
-  if (o.subjectEmbedding && o.hasSubjectImage) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
-  if (!o.subjectEmbedding && !o.hasSubjectImage) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
-  const subject = o.subject ?? o.subjectEmbedding?.subject;
-  if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
-  if (o.hasSubjectImage) checkSubjectText(m, subject);
-  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding, o.embeddingSource);
+  const subject = resolveSubjectInput(m, o);
   const settings = resolveEditSettings(m, o, o.photo, names);
   const prompt = resolveEditPrompt(o, subject, names);
   const tokens = tokenizeEdit(m, prompt, names);

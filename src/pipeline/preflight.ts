@@ -95,12 +95,31 @@ export function promptWindowWarning(m: ModelManifest, prompt: ResolvedPrompt): s
   return `the prompt "a ${prompt.targetSubject} ..." is ${n} tokens, only the first ${window} fit in the text window (${m.spec.textMaxLength} less ${m.spec.numQueryTokens} subject tokens and 2 markers); the rest was cut`;
 }
 
-export interface PreflightOptions extends PromptOptions, SamplingOptions {
+/** How a request names its subject: picture(s) with a subject word, or an embedding (whose word is the default). */
+export interface SubjectInputOptions {
   subject?: string;
   subjectEmbedding?: SubjectEmbedding;
   /** Names the embedding in messages (e.g. its file). */
   embeddingSource?: string;
   hasSubjectImage: boolean;
+}
+
+/**
+ * Checks the subject input of a generation or an edit: either pictures or an embedding (not both, not neither), a
+ * non-empty subject word (the embedding's own by default) that fits the Q-Former's text, and an embedding usable with
+ * this model. Returns the subject word.
+ */
+export function resolveSubjectInput(m: ModelManifest, o: SubjectInputOptions): string {
+  if (o.subjectEmbedding && o.hasSubjectImage) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
+  if (!o.subjectEmbedding && !o.hasSubjectImage) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
+  const subject = o.subject ?? o.subjectEmbedding?.subject;
+  if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
+  if (o.hasSubjectImage) checkSubjectText(m, subject);
+  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding, o.embeddingSource);
+  return subject;
+}
+
+export interface PreflightOptions extends PromptOptions, SamplingOptions, SubjectInputOptions {
   hasControlImage: boolean;
 }
 
@@ -114,12 +133,7 @@ export interface Preflight {
 /** Everything about a generation that can be checked without the modules. */
 export function preflightGenerate(m: ModelManifest, o: PreflightOptions): Preflight {
   const sampling = resolveSamplingFor(m, o);
-  if (o.subjectEmbedding && o.hasSubjectImage) throw invalid("either subjectImage or subjectEmbedding", "subject input", "both");
-  if (!o.subjectEmbedding && !o.hasSubjectImage) throw invalid("a subject image or a subject embedding", "subjectImage", undefined, "type");
-  const subject = o.subject ?? o.subjectEmbedding?.subject;
-  if (typeof subject !== "string" || subject.trim() === "") throw invalid("a non-empty string", "subject", subject, "type");
-  if (o.hasSubjectImage) checkSubjectText(m, subject);
-  if (o.subjectEmbedding) checkEmbeddingFor(m, o.subjectEmbedding, o.embeddingSource);
+  const subject = resolveSubjectInput(m, o);
   const prompt = resolvePrompt(o, subject);
   if (o.hasControlImage && !m.hasControlnet)
     throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);
