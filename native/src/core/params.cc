@@ -1,26 +1,14 @@
 #include "core/params.h"
 
 #include <cmath>
-#include <sstream>
 
+#include "core/arg_checks.h"
 #include "core/errors.h"
 
 namespace blipdiff {
 
-namespace {
-
-template <typename T>
-std::string str(const T& value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
-
-void expect(bool ok, const std::string& what, const std::string& name, const std::string& value) {
-  if (!ok) throw InvalidArgument("Expected " + what + " for " + name + " but received " + value);
-}
-
-}  // namespace
+using arg_checks::expect;
+using arg_checks::str;
 
 SchedulerKind scheduler_kind_from_string(std::string_view name) {
   if (name == "pndm") return SchedulerKind::kPndm;

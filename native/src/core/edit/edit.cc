@@ -3,9 +3,10 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
-#include <sstream>
 
+#include "core/arg_checks.h"
 #include "core/edit/controller.h"
 #include "core/errors.h"
 #include "core/model.h"
@@ -17,16 +18,8 @@ namespace blipdiff {
 
 namespace {
 
-template <typename T>
-std::string str(const T& value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
-
-void expect(bool ok, const std::string& what, const std::string& name, const std::string& value) {
-  if (!ok) throw InvalidArgument("Expected " + what + " for " + name + " but received " + value);
-}
+using arg_checks::expect;
+using arg_checks::str;
 
 void expect_ids(const std::vector<int64_t>& ids, int64_t n, const std::string& what, const std::string& name) {
   expect(static_cast<int64_t>(ids.size()) == n, str(n) + " ids (" + what + ")", name, str(ids.size()) + " ids");
