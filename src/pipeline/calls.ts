@@ -1,7 +1,27 @@
 // How the library calls the addon: AbortSignal wiring, the caller's stack on native errors, progress callbacks
-// that cannot break a run. Shared by generate/encode (pipeline.ts) and finetune (finetune.ts).
-import type { NativePipeline } from "../bindings/types.js";
+// that cannot break a run, and what the runners outside pipeline.ts get from the pipeline object. Shared by
+// generate/encode (pipeline.ts), finetune (finetune.ts) and edit (edit.ts).
+import type { NativeDType, NativePipeline } from "../bindings/types.js";
 import { AbortError } from "../errors.js";
+import type { ImageSource } from "../image/decode.js";
+import type { RawImage } from "../image/resample.js";
+import type { SubjectEmbedding } from "./embedding.js";
+import type { ModelManifest } from "./manifest.js";
+import type { SubjectCrop } from "./preprocess.js";
+
+/** What a run outside pipeline.ts (finetune, edit) needs from the loaded pipeline object. */
+export interface PipelineHost {
+  native: NativePipeline;
+  manifest: ModelManifest;
+  device: string;
+  dtype: NativeDType;
+  /** Decodes the subject's pictures (checking `signal` between them) and names them. */
+  decode(images: ImageSource[], maxPixels: number | undefined, signal?: AbortSignal): Promise<{ images: RawImage[]; names: string[] }>;
+  /** The subject embedding of decoded pictures (as encodeSubject). */
+  encode(images: RawImage[], names: string[], subject: string, crop: SubjectCrop, signal?: AbortSignal): Promise<SubjectEmbedding>;
+  /** The native warnings of the last call (handed to onWarning too). */
+  nativeWarnings(): string[];
+}
 
 /** Rethrows a native error with the caller's stack (the native stack says nothing useful). */
 export function withCallerStack(err: unknown, caller: Error): Error {

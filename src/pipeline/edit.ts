@@ -10,7 +10,6 @@ import type {
   NativeEditRecord,
   NativeEditResult,
   NativeImage,
-  NativePipeline,
   NativeTensor,
 } from "../bindings/types.js";
 import { AbortError, invalid } from "../errors.js";
@@ -30,7 +29,7 @@ import {
   type ResolvedEditPrompt,
   type ResolvedEditSettings,
 } from "../edit/options.js";
-import { abortable, asArray, guardProgress } from "./calls.js";
+import { abortable, asArray, guardProgress, type PipelineHost } from "./calls.js";
 import type { SubjectEmbedding } from "./embedding.js";
 import { ATTENTION_CONTROL, modelLabel, requireCapability, type ModelManifest } from "./manifest.js";
 import { DEFAULTS } from "./options.js";
@@ -174,16 +173,9 @@ export function preprocessPhoto(img: RawImage, width: number, height: number): N
   return { data: out, shape: [1, 3, height, width] };
 }
 
-/** What edit needs from the pipeline object. */
-export interface EditHost {
-  native: NativePipeline;
-  manifest: ModelManifest;
-  device: string;
-  dtype: NativeDType;
-  decode(images: ImageSource[], maxPixels: number | undefined, signal?: AbortSignal): Promise<{ images: RawImage[]; names: string[] }>;
-  encode(images: RawImage[], names: string[], subject: string, crop: SubjectCrop, signal?: AbortSignal): Promise<SubjectEmbedding>;
+/** What edit needs from the pipeline object: the shared host, and the name a photo is recorded under. */
+export interface EditHost extends PipelineHost {
   pictureName(src: ImageSource): string;
-  nativeWarnings(): string[];
 }
 
 /** Runs one edit on a loaded pipeline (serialized by the caller). */

@@ -7,12 +7,10 @@ import type {
   NativeFinetuneDraws,
   NativeFinetuneParams,
   NativeFinetuneProgress,
-  NativePipeline,
   NativeRawTensor,
 } from "../bindings/types.js";
 import { AbortError, invalid } from "../errors.js";
 import type { ImageSource } from "../image/decode.js";
-import type { RawImage } from "../image/resample.js";
 import { baseModelOf, finetunedSubject } from "../finetune/file.js";
 import { LIBRARY_DRAWS_NAMES, checkDraws, type DrawsNames } from "../finetune/draws.js";
 import {
@@ -25,7 +23,7 @@ import {
   type FinetuneSettings,
   type ResolvedFinetune,
 } from "../finetune/options.js";
-import { abortable, asArray, guardProgress } from "./calls.js";
+import { abortable, asArray, guardProgress, type PipelineHost } from "./calls.js";
 import type { SubjectEmbedding } from "./embedding.js";
 import { modelLabel, type ModelManifest } from "./manifest.js";
 import { DEFAULTS } from "./options.js";
@@ -148,16 +146,8 @@ export function preflightFinetune(
   return { settings, captionIds: ids, ...(draws ? { draws } : {}) };
 }
 
-/** What finetune needs from the pipeline object. */
-export interface FinetuneHost {
-  native: NativePipeline;
-  manifest: ModelManifest;
-  device: string;
-  dtype: NativeDType;
-  decode(images: ImageSource[], maxPixels: number | undefined, signal?: AbortSignal): Promise<{ images: RawImage[]; names: string[] }>;
-  encode(images: RawImage[], names: string[], subject: string, crop: SubjectCrop, signal?: AbortSignal): Promise<SubjectEmbedding>;
-  nativeWarnings(): string[];
-}
+/** What finetune needs from the pipeline object: the shared host, nothing more. */
+export type FinetuneHost = PipelineHost;
 
 /** Runs one fine-tune on a loaded pipeline (serialized by the caller). */
 export async function runFinetune(host: FinetuneHost, o: FinetuneOptions): Promise<FinetuneResult> {

@@ -12,9 +12,9 @@ import type {
   NativeTimings,
 } from "../bindings/types.js";
 import { AbortError, ModelError, invalid, messageOf } from "../errors.js";
-import { abortable, asArray, guardProgress, isAbort, withCallerStack } from "./calls.js";
+import { abortable, asArray, guardProgress, isAbort, withCallerStack, type PipelineHost } from "./calls.js";
 import { runEdit, type EditHost, type EditOptions, type EditResult } from "./edit.js";
-import { runFinetune, type FinetuneHost, type FinetuneOptions, type FinetuneResult } from "./finetune.js";
+import { runFinetune, type FinetuneOptions, type FinetuneResult } from "./finetune.js";
 import { decodeRgb, sourceName, type DecodeOptions, type ImageSource } from "../image/decode.js";
 import type { RawImage } from "../image/resample.js";
 import type { FinetuneMode } from "../finetune/file.js";
@@ -340,7 +340,7 @@ export class BlipDiffusionPipeline {
     const caller = new Error();
     return this.serialize(async () => {
       try {
-        return await runFinetune(this.finetuneHost(), options);
+        return await runFinetune(this.host(), options);
       } catch (err) {
         if (isAbort(err) || options.signal?.aborted) throw withCallerStack(new AbortError(), caller);
         throw withCallerStack(err, caller);
@@ -348,7 +348,8 @@ export class BlipDiffusionPipeline {
     });
   }
 
-  private finetuneHost(): FinetuneHost {
+  /** What finetune and edit need from this object. */
+  private host(): PipelineHost {
     return {
       native: this.native,
       manifest: this.manifest,
@@ -382,7 +383,7 @@ export class BlipDiffusionPipeline {
   }
 
   private editHost(): EditHost {
-    return { ...this.finetuneHost(), pictureName };
+    return { ...this.host(), pictureName };
   }
 
   /** Frees the modules; idempotent; waits for the running call. */
