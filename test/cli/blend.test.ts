@@ -10,7 +10,7 @@ import { loadSubjectEmbedding, saveSubjectEmbedding } from "../../src/pipeline/e
 import { readManifest } from "../../src/pipeline/manifest.js";
 import { blendFixtureNames, blendInputs, loadBlendFixture, writeBlendInputs, type BlendFixture } from "../helpers/blend.js";
 import { maxAbsDiff } from "../helpers/fixtures.js";
-import { buildCli, expectCliFailure, runCli } from "./cli.js";
+import { buildCli, expectCliFailure, expectImageClose, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-blend-cli-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -33,20 +33,6 @@ function generateArgs(fx: BlendFixture): string[] {
     "--seed", String(p.latents_seed),
     "--device", "cpu",
   ];
-}
-
-/** At most 1 off, on at most 1% of the values. */
-function expectImageClose(actual: Uint8Array, golden: Uint8Array): void {
-  expect(actual.length).toBe(golden.length);
-  let off = 0;
-  let worst = 0;
-  for (let i = 0; i < golden.length; i++) {
-    const d = Math.abs(actual[i] - golden[i]);
-    if (d > 0) off++;
-    worst = Math.max(worst, d);
-  }
-  expect(worst).toBeLessThanOrEqual(1);
-  expect(off).toBeLessThanOrEqual(Math.ceil(golden.length * 0.01));
 }
 
 for (const name of blendFixtureNames()) {

@@ -93,3 +93,20 @@ export function expectCliFailure(tmpRoot: string, a: string[], code: number, mes
   expect(r.stdout.length).toBe(0);
   expect(readdirSync(dir)).toEqual([]);
 }
+
+/**
+ * Decoded pixels against a golden image: off by at most 1, on at most 1% of the values (the fixtures README: "a
+ * handful"). `what` names the image in the messages.
+ */
+export function expectImageClose(actual: Uint8Array, golden: Uint8Array, what?: string): void {
+  expect(actual.length, what).toBe(golden.length);
+  let off = 0;
+  let worst = 0;
+  for (let i = 0; i < golden.length; i++) {
+    const d = Math.abs(actual[i] - golden[i]);
+    if (d > 0) off++;
+    worst = Math.max(worst, d);
+  }
+  expect(worst, what === undefined ? undefined : `${what}: worst |diff|`).toBeLessThanOrEqual(1);
+  expect(off, what === undefined ? undefined : `${what}: values off by 1`).toBeLessThanOrEqual(Math.ceil(golden.length * 0.01));
+}

@@ -13,7 +13,7 @@ import { readSafetensors, toFloat32 } from "../../src/io/safetensors.js";
 import { allClose, maxAbsDiff } from "../helpers/fixtures.js";
 import { finetuneFixtureNames, loadFinetuneFixture, writeDrawsFile, type FinetuneFixture } from "../helpers/finetune.js";
 import { loadFixture } from "../unit/golden.js";
-import { buildCli, caseArgs, lines, modelDir, repoRoot, runCli } from "./cli.js";
+import { buildCli, caseArgs, expectImageClose, lines, modelDir, repoRoot, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-ft-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -21,20 +21,6 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 /** Decoded RGB pixels of an image file. */
 async function pixels(src: string): Promise<Buffer> {
   return (await sharp(src).removeAlpha().raw().toBuffer({ resolveWithObject: true })).data;
-}
-
-/** Off by at most 1, on at most 1% of the values (the fixtures README: "a handful"). */
-function expectImageClose(actual: Uint8Array, golden: Uint8Array, what: string): void {
-  expect(actual.length, what).toBe(golden.length);
-  let off = 0;
-  let worst = 0;
-  for (let i = 0; i < golden.length; i++) {
-    const d = Math.abs(actual[i] - golden[i]);
-    if (d > 0) off++;
-    worst = Math.max(worst, d);
-  }
-  expect(worst, `${what}: worst |diff|`).toBeLessThanOrEqual(1);
-  expect(off, `${what}: values off by 1`).toBeLessThanOrEqual(Math.ceil(golden.length * 0.01));
 }
 
 /** rtol 1e-4 (the README's tolerance for losses). */

@@ -8,7 +8,7 @@ import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
 import { readPngText } from "../../src/image/png-text.js";
 import { fixtureNames, loadFixture } from "../unit/golden.js";
-import { buildCli, caseArgs, lines, modelDir, repoRoot, runCli } from "./cli.js";
+import { buildCli, caseArgs, expectImageClose, lines, modelDir, repoRoot, runCli } from "./cli.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-cli-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -17,20 +17,6 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 async function pixels(src: string | Buffer): Promise<{ data: Buffer; width: number; height: number }> {
   const { data, info } = await sharp(src).removeAlpha().raw().toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height };
-}
-
-/** At most 1 off, on at most 1% of the values. */
-function expectImageClose(actual: Uint8Array, golden: Uint8Array): void {
-  expect(actual.length).toBe(golden.length);
-  let off = 0;
-  let worst = 0;
-  for (let i = 0; i < golden.length; i++) {
-    const d = Math.abs(actual[i] - golden[i]);
-    if (d > 0) off++;
-    worst = Math.max(worst, d);
-  }
-  expect(worst).toBeLessThanOrEqual(1);
-  expect(off).toBeLessThanOrEqual(Math.ceil(golden.length * 0.01));
 }
 
 for (const name of fixtureNames()) {
