@@ -3,22 +3,22 @@
 // addon) and through the CLI (`blipdiff edit`): every recorded step, LocalBlend maps and masks, attention at step 0,
 // DDIM inversion, final latents, the loop without control, the seed's draw, and the written images [source, edited].
 // Sizes and parameters come from edit.json; tolerances from its suggested_tolerances_float32_cpu.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { NativeEditProgress, NativeTensor, NativeUnetOverride } from "../../src/bindings/types.js";
+import type { NativeEditProgress, NativeUnetOverride } from "../../src/bindings/types.js";
 import { finetunedSubject, saveFinetunedSubject, baseModelOf, loadSubjectFile } from "../../src/finetune/file.js";
 import { readPngText } from "../../src/image/png-text.js";
 import { BlipDiffusionPipeline, type EditOptions, type EditResult } from "../../src/index.js";
 import { saveSubjectEmbedding } from "../../src/pipeline/embedding.js";
 import { readManifest } from "../../src/pipeline/manifest.js";
-import { fixtureNames, fixturesRoot, readSafetensors, type GoldenTensor } from "../helpers/fixtures.js";
+import { editFixtureNames, loadEditGoldens, shortName } from "../helpers/edit.js";
 import { loadFinetuneFixture } from "../helpers/finetune.js";
 import { addonBuilt, buildCli, lines, modelDir, runCli } from "./cli.js";
 
-const names = fixtureNames().filter((n) => existsSync(path.join(fixturesRoot, n, "edit.json")));
+const names = editFixtureNames();
 const tmp = mkdtempSync(path.join(os.tmpdir(), "blipdiff-edit-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
@@ -27,63 +27,10 @@ it("at least one fixture has editing goldens, and the addon is built (a missing 
   expect(addonBuilt(), "native/build/Release/blipdiff.node: run `npm run build:native`").toBe(true);
 });
 
-/** Short golden layer names (spec section 13): d = down_blocks, u = up_blocks, m = mid_block, a = attentions, t = transformer_blocks. */
-function shortName(name: string): string {
-  return name
-    .replace(/down_blocks\.(\d+)/, "d$1")
-    .replace(/up_blocks\.(\d+)/, "u$1")
-    .replace("mid_block", "m")
-    .replace(/attentions\.(\d+)/, "a$1")
-    .replace(/transformer_blocks\.(\d+)/, "t$1");
-}
-
 for (const name of names) {
   describe(`edit end to end (${name})`, () => {
-    const dir = path.join(fixturesRoot, name);
-    const json = JSON.parse(readFileSync(path.join(dir, "edit.json"), "utf8"));
-    const golden = readSafetensors(path.join(dir, "edit.safetensors"));
-    const g = (key: string): GoldenTensor => {
-      const t = golden.get(key);
-      if (!t) throw new Error(`golden ${key} missing`);
-      return t;
-    };
-    const f32 = (key: string): Float32Array => g(key).data as Float32Array;
-    const t32 = (key: string): NativeTensor => ({ data: f32(key), shape: g(key).shape });
+    const { dir, json, tensors: golden, g, t32, latentClose, relClose, imageClose } = loadEditGoldens(name);
     const model = modelDir(name);
-
-    /** |a - b| <= 1e-4 + 2e-5 * max|b| over the tensor (edit.json's latent tolerance). */
-    const latentClose = (what: string, a: NativeTensor, key: string): void => {
-      const b = f32(key);
-      expect(a.shape, what).toEqual(g(key).shape);
-      let maxB = 0;
-      for (const v of b) maxB = Math.max(maxB, Math.abs(v));
-      const tol = 1e-4 + 2e-5 * maxB;
-      let max = 0;
-      for (let i = 0; i < b.length; i++) max = Math.max(max, Math.abs(a.data[i] - b[i]));
-      expect(max, `${what} vs ${key}: max |diff| ${max} > ${tol}`).toBeLessThanOrEqual(tol);
-    };
-    const relClose = (what: string, a: NativeTensor, key: string, atol: number, rtol: number): void => {
-      const b = f32(key);
-      expect(a.shape, what).toEqual(g(key).shape);
-      let bad = 0;
-      let max = 0;
-      for (let i = 0; i < b.length; i++) {
-        const d = Math.abs(a.data[i] - b[i]);
-        max = Math.max(max, d);
-        if (!(d <= atol + rtol * Math.abs(b[i]))) bad++;
-      }
-      expect(bad, `${what} vs ${key}: ${bad} values off, max |diff| ${max}`).toBe(0);
-    };
-    /** Row `row` of <p>.image_u8 ([2, H, W, 3]: source, edited) against an HWC image: off by at most 1. */
-    const imageClose = (what: string, img: { data: Uint8Array; width: number; height: number; channels: number }, prefix: string, row: number): void => {
-      const u8 = g(`${prefix}.image_u8`);
-      const [, h, w, c] = u8.shape;
-      expect([img.height, img.width, img.channels], what).toEqual([h, w, c]);
-      const want = (u8.data as Uint8Array).subarray(row * h * w * c, (row + 1) * h * w * c);
-      let worst = 0;
-      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(img.data[i] - want[i]));
-      expect(worst, `${what}: max pixel difference`).toBeLessThanOrEqual(1);
-    };
 
     const gen = json.cases.p2p_generated;
     const real = json.cases.p2p_real;

@@ -4,66 +4,21 @@
 // step's UNet output, noise prediction, latents before and after LocalBlend, LocalBlend maps and masks, the
 // controlled attention probabilities at step 0, DDIM inversion, final latents and images, the loop with every
 // control off, seeds, abort and the native argument backstops.
-import { existsSync, readFileSync } from "node:fs";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { NativeEditParams, NativeEditProgress, NativeEditResult, NativePipeline, NativeTensor } from "../../src/bindings/types.js";
-import { fixtureNames, readSafetensors, type GoldenTensor } from "../helpers/fixtures.js";
+import type { NativeEditParams, NativeEditProgress, NativeEditResult, NativePipeline } from "../../src/bindings/types.js";
+import { editFixtureNames, loadEditGoldens, shortName } from "../helpers/edit.js";
 import { addon, fixture, specOf } from "./addon.js";
 
-const names = fixtureNames().filter((n) => existsSync(path.join(fixture(n).dir, "edit.json")));
+const names = editFixtureNames();
 
 it("at least one fixture has editing goldens", () => {
   expect(names.length).toBeGreaterThan(0);
 });
 
-/** Short golden layer names (spec section 13): d = down_blocks, u = up_blocks, m = mid_block, a = attentions, t = transformer_blocks. */
-function shortName(name: string): string {
-  return name
-    .replace(/down_blocks\.(\d+)/, "d$1")
-    .replace(/up_blocks\.(\d+)/, "u$1")
-    .replace("mid_block", "m")
-    .replace(/attentions\.(\d+)/, "a$1")
-    .replace(/transformer_blocks\.(\d+)/, "t$1");
-}
-
 for (const name of names) {
   describe(`native edit (${name})`, () => {
     const f = fixture(name);
-    const golden = readSafetensors(path.join(f.dir, "edit.safetensors"));
-    const json = JSON.parse(readFileSync(path.join(f.dir, "edit.json"), "utf8")) as Record<string, any>;
-    const g = (key: string): GoldenTensor => {
-      const t = golden.get(key);
-      if (!t) throw new Error(`golden ${key} missing`);
-      return t;
-    };
-    const t32 = (key: string): NativeTensor => ({ data: g(key).data as Float32Array, shape: g(key).shape });
-    const f32 = (key: string): Float32Array => g(key).data as Float32Array;
-    const i32 = (key: string): Int32Array => Int32Array.from(g(key).data as BigInt64Array, (v) => Number(v));
-    /** Latent tolerance of edit.json: |a - b| <= 1e-4 + 2e-5 * max|b| over the tensor. */
-    const latentClose = (what: string, a: NativeTensor, key: string): void => {
-      const b = f32(key);
-      expect(a.shape, what).toEqual(g(key).shape);
-      let maxB = 0;
-      for (const v of b) maxB = Math.max(maxB, Math.abs(v));
-      const tol = 1e-4 + 2e-5 * maxB;
-      let max = 0;
-      for (let i = 0; i < b.length; i++) max = Math.max(max, Math.abs(a.data[i] - b[i]));
-      if (process.env.DEBUG_EDIT) console.log(`${what}: ${max.toExponential(2)} / ${tol.toExponential(2)}`);
-      expect(max, `${what} vs ${key}: max |diff| ${max} > ${tol}`).toBeLessThanOrEqual(tol);
-    };
-    const relClose = (what: string, a: NativeTensor, key: string, atol: number, rtol: number): void => {
-      const b = f32(key);
-      expect(a.shape, what).toEqual(g(key).shape);
-      let bad = 0;
-      let max = 0;
-      for (let i = 0; i < b.length; i++) {
-        const d = Math.abs(a.data[i] - b[i]);
-        max = Math.max(max, d);
-        if (!(d <= atol + rtol * Math.abs(b[i]))) bad++;
-      }
-      expect(bad, `${what} vs ${key}: ${bad} values off, max |diff| ${max}`).toBe(0);
-    };
+    const { json, tensors: golden, g, f32, t32, i32, latentClose, relClose, imageClose } = loadEditGoldens(name);
     const params = (prefix: "gen" | "real", extra: Partial<NativeEditParams> = {}): NativeEditParams => {
       const c = json.cases[prefix === "gen" ? "p2p_generated" : "p2p_real"].params;
       return {
@@ -197,16 +152,8 @@ for (const name of names) {
 
       it(`${caseName}: images [source, edited]`, () => {
         const imgs = runs[p]!.images;
-        const u8 = g(`${p}.image_u8`);
-        const [, h, w, c] = u8.shape;
         expect(imgs.length).toBe(2);
-        for (let row = 0; row < 2; row++) {
-          expect([imgs[row].height, imgs[row].width, imgs[row].channels]).toEqual([h, w, c]);
-          const want = (u8.data as Uint8Array).subarray(row * h * w * c, (row + 1) * h * w * c);
-          let worst = 0;
-          for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(imgs[row].data[i] - want[i]));
-          expect(worst, `row ${row}: max pixel difference`).toBeLessThanOrEqual(1);
-        }
+        for (let row = 0; row < 2; row++) imageClose(`row ${row}`, imgs[row], p, row);
       });
 
       it(`${caseName}: with every control off, the loop reproduces nocontrol.latents_final`, async () => {
