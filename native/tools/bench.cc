@@ -4,6 +4,7 @@
 //                  [--guidance 7.5] [--scheduler pndm] [--runs 2] [--num-query-tokens 16] [--ctx-begin-pos 2]
 //                  [--text-max-length 77] [--latent-channels 4] [--latent-scale 8] [--scaling-factor 0.18215]
 //                  [--image-size 224] [--steps-offset 1] [--optimize 0|1] [--per-module-load 0|1]
+// --encode-runs N times N subject encodings (cold, then warm) and lists them on stderr.
 // --dump-image FILE writes image 0 of the last run as raw HWC uint8 (to compare devices and dtypes).
 // --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
 // --finetune full|lora times a fine-tune instead of generation: [--finetune-steps 80] [--finetune-batch 3]
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
       {"guidance", "7.5"}, {"scheduler", "pndm"}, {"runs", "2"}, {"num-query-tokens", "16"},
       {"ctx-begin-pos", "2"}, {"text-max-length", "77"}, {"latent-channels", "4"}, {"latent-scale", "8"},
       {"scaling-factor", "0.18215"}, {"image-size", "224"}, {"steps-offset", "1"}, {"seed", "42"}, {"optimize", "0"}, {"per-module-load", "0"}, {"dump-image", ""},
-      {"finetune", ""}, {"edit", ""}, {"finetune-steps", "80"}, {"finetune-batch", "3"}, {"finetune-resolution", "512"},
+      {"finetune", ""}, {"edit", ""}, {"encode-runs", "1"}, {"finetune-steps", "80"}, {"finetune-batch", "3"}, {"finetune-resolution", "512"},
       {"lora-rank", "4"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
@@ -123,6 +124,14 @@ int main(int argc, char** argv) {
     t0 = std::chrono::steady_clock::now();
     const at::Tensor query = pipeline.encode_subject(pixels, ids, mask);
     const double encode_ms = ms_since(t0);
+    // --encode-runs N: N - 1 more subject encodings, each timed (the first call's extra cost, issue #9).
+    std::string encode_runs = std::to_string(encode_ms);
+    for (int64_t r = 1; r < integer("encode-runs"); ++r) {
+      t0 = std::chrono::steady_clock::now();
+      (void)pipeline.encode_subject(pixels, ids, mask);
+      encode_runs += ", " + std::to_string(ms_since(t0));
+    }
+    if (integer("encode-runs") > 1) std::fprintf(stderr, "{\"encodeMs\": [%s]}\n", encode_runs.c_str());
 
     if (!args["finetune"].empty()) {
       blipdiff::FinetuneParams ft;
