@@ -148,50 +148,29 @@ Napi::Value PipelineWrap::EncodeSubject(const Napi::CallbackInfo& info) {
   return deferred.Promise();
 }
 
-Napi::Value PipelineWrap::Generate(const Napi::CallbackInfo& info) {
+// generate, finetune and edit: arguments converted on the JS thread (a bad one rejects at once), then the call's
+// ProgressCallWorker queued.
+template <typename Call>
+Napi::Value PipelineWrap::start_progress_call(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto deferred = Napi::Promise::Deferred::New(env);
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   try {
-    GenerateParams params = generate_params_from_js(info[0]);
+    typename Call::Params params = Call::from_js(info[0]);
     Napi::Function on_progress = optional_progress(info);
     if (!begin_call(env, deferred, cancel)) return deferred.Promise();
-    (new GenerateWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
+    (new ProgressCallWorker<Call>(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
   } catch (...) {
     deferred.Reject(make_error(env, capture_error()).Value());
   }
   return deferred.Promise();
 }
 
-Napi::Value PipelineWrap::Finetune(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto deferred = Napi::Promise::Deferred::New(env);
-  auto cancel = std::make_shared<std::atomic<bool>>(false);
-  try {
-    FinetuneParams params = finetune_params_from_js(info[0]);
-    Napi::Function on_progress = optional_progress(info);
-    if (!begin_call(env, deferred, cancel)) return deferred.Promise();
-    (new FinetuneWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
-  } catch (...) {
-    deferred.Reject(make_error(env, capture_error()).Value());
-  }
-  return deferred.Promise();
-}
+Napi::Value PipelineWrap::Generate(const Napi::CallbackInfo& info) { return start_progress_call<GenerateCall>(info); }
 
-Napi::Value PipelineWrap::Edit(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto deferred = Napi::Promise::Deferred::New(env);
-  auto cancel = std::make_shared<std::atomic<bool>>(false);
-  try {
-    EditParams params = edit_params_from_js(info[0]);
-    Napi::Function on_progress = optional_progress(info);
-    if (!begin_call(env, deferred, cancel)) return deferred.Promise();
-    (new EditWorker(env, CallState(this, deferred, cancel), std::move(params), on_progress))->Queue();
-  } catch (...) {
-    deferred.Reject(make_error(env, capture_error()).Value());
-  }
-  return deferred.Promise();
-}
+Napi::Value PipelineWrap::Finetune(const Napi::CallbackInfo& info) { return start_progress_call<FinetuneCall>(info); }
+
+Napi::Value PipelineWrap::Edit(const Napi::CallbackInfo& info) { return start_progress_call<EditCall>(info); }
 
 // Cancels every running call: generate between steps, load between checksum chunks and modules,
 // encodeSubject before or after its Q-Former call.

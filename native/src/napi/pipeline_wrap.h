@@ -47,6 +47,9 @@ class PipelineWrap : public Napi::ObjectWrap<PipelineWrap> {
   // Rejects `deferred` and returns false when the pipeline is disposed or being disposed.
   bool begin_call(Napi::Env env, Napi::Promise::Deferred& deferred, const std::shared_ptr<std::atomic<bool>>& cancel);
   void complete_dispose();
+  // Starts generate, finetune or edit (Call: napi/workers.h).
+  template <typename Call>
+  Napi::Value start_progress_call(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Pipeline> pipeline_ = std::make_shared<Pipeline>();
   std::mutex run_mutex_;

@@ -67,7 +67,7 @@ class EncodeWorker : public Napi::AsyncWorker {
 // The long pipeline calls with progress (generate, finetune, edit) share one worker: `Call::run` runs on a pool
 // thread under the wrapper's run lock, each progress event becomes a JS object (`Call::progress_to_js`) for the
 // optional callback, and the result is converted on the JS thread (`Call::result_to_js`). A `Call` names its
-// Params, Progress and Result types and the async resource name (`kName`).
+// Params, Progress and Result types, the async resource name (`kName`) and its argument converter (`from_js`).
 template <typename Call>
 class ProgressCallWorker : public Napi::AsyncProgressQueueWorker<typename Call::Progress> {
   using Base = Napi::AsyncProgressQueueWorker<typename Call::Progress>;
@@ -126,6 +126,7 @@ struct GenerateCall {
   using Progress = blipdiff::Progress;
   using Result = GenerateResult;
   static constexpr const char* kName = "blipdiff.generate";
+  static Params from_js(const Napi::Value& v) { return generate_params_from_js(v); }
   static Result run(Pipeline& p, const Params& params, const ProgressFn& progress, const std::atomic<bool>& cancel);
   static Napi::Object progress_to_js(Napi::Env env, const Progress& p);
   static Napi::Object result_to_js(Napi::Env env, const Result& r);
@@ -136,6 +137,7 @@ struct FinetuneCall {
   using Progress = FinetuneProgress;
   using Result = FinetuneResult;
   static constexpr const char* kName = "blipdiff.finetune";
+  static Params from_js(const Napi::Value& v) { return finetune_params_from_js(v); }
   static Result run(Pipeline& p, const Params& params, const FinetuneProgressFn& progress,
                     const std::atomic<bool>& cancel);
   static Napi::Object progress_to_js(Napi::Env env, const Progress& p);
@@ -147,6 +149,7 @@ struct EditCall {
   using Progress = EditProgress;
   using Result = EditResult;
   static constexpr const char* kName = "blipdiff.edit";
+  static Params from_js(const Napi::Value& v) { return edit_params_from_js(v); }
   static Result run(Pipeline& p, const Params& params, const EditProgressFn& progress, const std::atomic<bool>& cancel);
   static Napi::Object progress_to_js(Napi::Env env, const Progress& p);
   static Napi::Object result_to_js(Napi::Env env, const Result& r);
