@@ -140,14 +140,8 @@ void ModelSpec::validate() const {
          str(vae_scaling_factor));
 }
 
-void GenerateParams::validate(const ModelSpec& spec) const {
-  const int64_t cond_len = spec.text_max_length - spec.num_query_tokens;
-  expect(static_cast<int64_t>(cond_ids.size()) == cond_len, str(cond_len) + " ids (textMaxLength - numQueryTokens)",
-         "condIds", str(cond_ids.size()) + " ids");
-  if (guidance > 1.0) {
-    expect(static_cast<int64_t>(uncond_ids.size()) == spec.text_max_length,
-           str(spec.text_max_length) + " ids (textMaxLength)", "uncondIds", str(uncond_ids.size()) + " ids");
-  }
+void validate_query_size_steps(const ModelSpec& spec, const at::Tensor& query_embeds, int64_t width, int64_t height,
+                               int64_t steps) {
   expect(query_embeds.defined() && query_embeds.dim() == 3 && query_embeds.size(0) == 1 &&
              query_embeds.size(1) == spec.num_query_tokens,
          "a [1, " + str(spec.num_query_tokens) + ", D] tensor", "queryEmbeds",
@@ -159,14 +153,29 @@ void GenerateParams::validate(const ModelSpec& spec) const {
   expect(width <= 8192 && height <= 8192, "a size of at most 8192", "width x height",
          str(width) + "x" + str(height));
   expect(steps >= 1 && steps <= 1000, "an integer in [1, 1000]", "steps", str(steps));
+}
+
+void validate_latents(const ModelSpec& spec, const std::optional<at::Tensor>& latents, int64_t width, int64_t height) {
+  if (!latents) return;
+  const int64_t f = spec.latent_scale;
+  const std::vector<int64_t> shape = {1, spec.latent_channels, height / f, width / f};
+  expect(latents->sizes() == at::IntArrayRef(shape), "a " + str(at::IntArrayRef(shape)) + " tensor", "latents",
+         str(latents->sizes()));
+}
+
+void GenerateParams::validate(const ModelSpec& spec) const {
+  const int64_t cond_len = spec.text_max_length - spec.num_query_tokens;
+  expect(static_cast<int64_t>(cond_ids.size()) == cond_len, str(cond_len) + " ids (textMaxLength - numQueryTokens)",
+         "condIds", str(cond_ids.size()) + " ids");
+  if (guidance > 1.0) {
+    expect(static_cast<int64_t>(uncond_ids.size()) == spec.text_max_length,
+           str(spec.text_max_length) + " ids (textMaxLength)", "uncondIds", str(uncond_ids.size()) + " ids");
+  }
+  validate_query_size_steps(spec, query_embeds, width, height, steps);
   expect(std::isfinite(guidance) && guidance >= 0, "a finite number >= 0", "guidance", str(guidance));
   expect(num_images >= 1 && num_images <= 1024, "an integer in [1, 1024]", "numImages", str(num_images));
   expect(std::isfinite(conditioning_scale), "a finite number", "conditioningScale", str(conditioning_scale));
-  const std::vector<int64_t> latent_shape = {1, spec.latent_channels, height / f, width / f};
-  if (latents) {
-    expect(latents->sizes() == at::IntArrayRef(latent_shape), "a " + str(at::IntArrayRef(latent_shape)) + " tensor",
-           "latents", str(latents->sizes()));
-  }
+  validate_latents(spec, latents, width, height);
   if (control_image) {
     const std::vector<int64_t> shape = {1, 3, height, width};
     expect(control_image->sizes() == at::IntArrayRef(shape), "a " + str(at::IntArrayRef(shape)) + " tensor",

@@ -89,6 +89,13 @@ struct UnetOverride {
   double scale = 1.0;  // kLora: alpha / rank
 };
 
+// The checks generate and edit share (InvalidArgument naming the field): queryEmbeds [1, Q, D]; width and height
+// positive multiples of the latent scale, at most 8192; steps in [1, 1000].
+void validate_query_size_steps(const ModelSpec& spec, const at::Tensor& query_embeds, int64_t width, int64_t height,
+                               int64_t steps);
+// Explicit initial latents, when given, must be [1, C, height / f, width / f].
+void validate_latents(const ModelSpec& spec, const std::optional<at::Tensor>& latents, int64_t width, int64_t height);
+
 struct GenerateParams {
   std::vector<int64_t> cond_ids;    // textMaxLength - numQueryTokens ids
   std::vector<int64_t> uncond_ids;  // textMaxLength ids; used only when guidance > 1

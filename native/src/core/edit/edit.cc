@@ -62,25 +62,13 @@ void EditParams::validate(const ModelSpec& spec) const {
          str(subject_alpha.size()) + " entries");
   for (float a : alphas) expect(a == 0.0f || a == 1.0f, "0 or 1", "alphas", str(a));
   for (float a : subject_alpha) expect(a == 0.0f || a == 1.0f, "0 or 1", "subjectAlpha", str(a));
-  expect(query_embeds.defined() && query_embeds.dim() == 3 && query_embeds.size(0) == 1 &&
-             query_embeds.size(1) == spec.num_query_tokens,
-         "a [1, " + str(spec.num_query_tokens) + ", D] tensor", "queryEmbeds",
-         query_embeds.defined() ? str(query_embeds.sizes()) : "nothing");
-  const int64_t f = spec.latent_scale;
-  expect(width >= f && width % f == 0, "a positive multiple of the latent scale " + str(f), "width", str(width));
-  expect(height >= f && height % f == 0, "a positive multiple of the latent scale " + str(f), "height", str(height));
-  expect(width <= 8192 && height <= 8192, "a size of at most 8192", "width x height", str(width) + "x" + str(height));
-  expect(steps >= 1 && steps <= 1000, "an integer in [1, 1000]", "steps", str(steps));
+  validate_query_size_steps(spec, query_embeds, width, height, steps);
   expect(std::isfinite(guidance) && guidance > 1.0,
          "a finite number > 1 (the edit's 4-way batch needs classifier-free guidance)", "guidance", str(guidance));
   expect(cross_replace >= 0 && cross_replace <= 1, "a number in [0, 1]", "crossReplace", str(cross_replace));
   expect(self_replace >= 0 && self_replace <= 1, "a number in [0, 1]", "selfReplace", str(self_replace));
   expect(blend_threshold >= 0 && blend_threshold <= 1, "a number in [0, 1]", "blendThreshold", str(blend_threshold));
-  const std::vector<int64_t> latent_shape = {1, spec.latent_channels, height / f, width / f};
-  if (latents) {
-    expect(latents->sizes() == at::IntArrayRef(latent_shape), "a " + str(at::IntArrayRef(latent_shape)) + " tensor",
-           "latents", str(latents->sizes()));
-  }
+  validate_latents(spec, latents, width, height);
   if (image) {
     const std::vector<int64_t> shape = {1, 3, height, width};
     expect(image->sizes() == at::IntArrayRef(shape), "a " + str(at::IntArrayRef(shape)) + " tensor", "image",
