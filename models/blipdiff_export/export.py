@@ -35,7 +35,9 @@ FORMAT = "blipdiff-torchscript"
 FORMAT_VERSION = 1
 # 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning).
 # 0.3.0: the UNet has forward_edit (prompt-to-prompt attention control); manifest `capabilities`, `attention_control`.
-EXPORTER_VERSION = "0.3.0"
+# 0.4.0: every linear layer is layers.Linear, whose `cpu_onednn` switch lets the runtime use oneDNN's matmul on the
+#        CPU (same parameters and names; exported switched off).
+EXPORTER_VERSION = "0.4.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0

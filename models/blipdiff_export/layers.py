@@ -6,7 +6,7 @@ modules converted with `.half()` / `.to(torch.bfloat16)` run in that dtype end t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional, Union  # noqa: UP035 (TorchScript resolves these names)
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,32 @@ from .errors import ExportError
 
 # transformers' ACT2FN names this exporter implements; anything else is refused at build time.
 SUPPORTED_ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters, names and math) that the runtime can route through oneDNN's matmul.
+
+    With `cpu_onednn` set (the runtime sets it on CPU float32 modules at load) and gradients off, the product
+    runs as `mkldnn::_linear_pointwise` on the dense weight; otherwise, and always while training, as
+    F.linear. On CPUs where ATen's fp32 GEMM (MKL) takes a slow path, such as AMD's, oneDNN's is 2-3x faster
+    (docs/benchmarks.md). Both compute the same float32 product; only the summation order differs.
+    Exported with the switch off, the module computes exactly what nn.Linear does.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.cpu_onednn = False
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear's parameter name)
+        return linear(input, self.weight, self.bias, self.cpu_onednn)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], cpu_onednn: bool) -> Tensor:  # noqa: A002, UP045
+    """F.linear, through oneDNN's matmul when `cpu_onednn` is set and gradients are off (see Linear)."""
+    if cpu_onednn and not torch.is_grad_enabled():
+        no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])  # noqa: UP006, UP007, UP045
+        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", no_scalars, "")
+    return F.linear(input, weight, bias)
 
 
 class QuickGELU(nn.Module):

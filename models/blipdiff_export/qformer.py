@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .errors import ExportError
 from .layers import (
+    Linear,
     activation,
     check_heads,
     config_value,
@@ -56,8 +57,8 @@ class VisionAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         # Rows are [q; k; v]; the bias (when present) covers all three, k included.
-        self.qkv = nn.Linear(hidden, 3 * hidden, bias=qkv_bias)
-        self.projection = nn.Linear(hidden, hidden)
+        self.qkv = Linear(hidden, 3 * hidden, bias=qkv_bias)
+        self.projection = Linear(hidden, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -67,9 +68,9 @@ class VisionAttention(nn.Module):
 class VisionMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, act: nn.Module):
         super().__init__()
-        self.fc1 = nn.Linear(hidden, intermediate)
+        self.fc1 = Linear(hidden, intermediate)
         self.act = act
-        self.fc2 = nn.Linear(intermediate, hidden)
+        self.fc2 = Linear(intermediate, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -165,9 +166,9 @@ class QFormerMultiHeadAttention(nn.Module):
     def __init__(self, hidden: int, kv_dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(kv_dim, hidden)
-        self.value = nn.Linear(kv_dim, hidden)
+        self.query = Linear(hidden, hidden)
+        self.key = Linear(kv_dim, hidden)
+        self.value = Linear(kv_dim, hidden)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
         return multi_head_attention(self.query(x), self.key(context), self.value(context), self.num_heads, mask, False)
@@ -178,7 +179,7 @@ class AddNorm(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, eps: float):
         super().__init__()
-        self.dense = nn.Linear(in_dim, hidden)
+        self.dense = Linear(in_dim, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
@@ -198,7 +199,7 @@ class QFormerAttention(nn.Module):
 class Intermediate(nn.Module):
     def __init__(self, hidden: int, intermediate: int, act: nn.Module):
         super().__init__()
-        self.dense = nn.Linear(hidden, intermediate)
+        self.dense = Linear(hidden, intermediate)
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
@@ -258,9 +259,9 @@ class ProjLayer(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
         self.LayerNorm = nn.LayerNorm(hidden, eps=PROJ_LAYER_NORM_EPS)
-        self.dense1 = nn.Linear(hidden, hidden * PROJ_HIDDEN_MULT)
+        self.dense1 = Linear(hidden, hidden * PROJ_HIDDEN_MULT)
         self.act = activation("quick_gelu", "proj_layer activation")
-        self.dense2 = nn.Linear(hidden * PROJ_HIDDEN_MULT, hidden)
+        self.dense2 = Linear(hidden * PROJ_HIDDEN_MULT, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.dense2(self.act(self.dense1(self.LayerNorm(x))))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ExportError
-from .layers import activation, check_heads, config_value, multi_head_attention, positive_float, positive_int
+from .layers import Linear, activation, check_heads, config_value, multi_head_attention, positive_float, positive_int
 
 
 class CLIPTextEmbeddings(nn.Module):
@@ -44,10 +44,10 @@ class CLIPAttention(nn.Module):
     def __init__(self, hidden: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(hidden, hidden)
-        self.k_proj = nn.Linear(hidden, hidden)
-        self.v_proj = nn.Linear(hidden, hidden)
-        self.out_proj = nn.Linear(hidden, hidden)
+        self.q_proj = Linear(hidden, hidden)
+        self.k_proj = Linear(hidden, hidden)
+        self.v_proj = Linear(hidden, hidden)
+        self.out_proj = Linear(hidden, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         # Plain causal mask over the whole sequence, ctx tokens included; no padding mask (reference behaviour).
@@ -58,9 +58,9 @@ class CLIPAttention(nn.Module):
 class CLIPMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, act: nn.Module):
         super().__init__()
-        self.fc1 = nn.Linear(hidden, intermediate)
+        self.fc1 = Linear(hidden, intermediate)
         self.act = act
-        self.fc2 = nn.Linear(intermediate, hidden)
+        self.fc2 = Linear(intermediate, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import Linear, linear
+
 
 class Timesteps(nn.Module):
     """Sinusoidal timestep embedding (diffusers `get_timestep_embedding`, scale 1, max period 10000), in float32."""
@@ -53,8 +55,8 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, in_channels: int, time_embed_dim: int):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+        self.linear_1 = Linear(in_channels, time_embed_dim)
+        self.linear_2 = Linear(time_embed_dim, time_embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
@@ -78,7 +80,7 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps, affine=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.conv_shortcut = (
@@ -129,8 +131,8 @@ class EditControl:
         self.recorded: list[Tensor] = []  # conditional half of every layer's probabilities, call order
 
 
-class AdaptableLinear(nn.Linear):
-    """nn.Linear (the same parameters, names and math) with an optional low-rank update that the runtime attaches
+class AdaptableLinear(Linear):
+    """Linear (the same parameters, names and math) with an optional low-rank update that the runtime attaches
     while it fine-tunes LoRA adapters: y = x W^T + b + lora_scale * (x A^T) B^T, A = lora_down [r, in],
     B = lora_up [out, r]. Exported with none attached, it computes exactly what nn.Linear does.
 
@@ -148,7 +150,7 @@ class AdaptableLinear(nn.Linear):
         self.lora_scale = 1.0
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear's parameter name)
-        y = F.linear(input, self.weight, self.bias)
+        y = linear(input, self.weight, self.bias, self.cpu_onednn)
         down = self.lora_down
         up = self.lora_up
         if down is not None and up is not None:
@@ -244,7 +246,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: Tensor) -> Tensor:
         h, gate = self.proj(x).chunk(2, dim=-1)
@@ -257,7 +259,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         inner = dim * mult
-        self.net = nn.ModuleList([GEGLU(dim, inner), nn.Identity(), nn.Linear(inner, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, inner), nn.Identity(), Linear(inner, dim)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net[2](self.net[0](x))
@@ -308,8 +310,8 @@ class Transformer2DModel(nn.Module):
         self.use_linear_projection = use_linear_projection
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
         if use_linear_projection:
-            self.proj_in = nn.Linear(in_channels, inner)
-            self.proj_out = nn.Linear(inner, in_channels)
+            self.proj_in = Linear(in_channels, inner)
+            self.proj_out = Linear(inner, in_channels)
         else:
             self.proj_in = nn.Conv2d(in_channels, inner, kernel_size=1, stride=1, padding=0)
             self.proj_out = nn.Conv2d(inner, in_channels, kernel_size=1, stride=1, padding=0)
@@ -679,10 +681,10 @@ class VAEAttention(nn.Module):
     def __init__(self, channels: int, groups: int, eps: float):
         super().__init__()
         self.group_norm = nn.GroupNorm(groups, channels, eps=eps, affine=True)
-        self.to_q = nn.Linear(channels, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.to_q = Linear(channels, channels)
+        self.to_k = Linear(channels, channels)
+        self.to_v = Linear(channels, channels)
+        self.to_out = nn.ModuleList([Linear(channels, channels)])
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, height, width = x.shape

@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 from blipdiff_export.edit_layers import attention_table
+from blipdiff_export.export import EXPORTER_VERSION
 from blipdiff_export.unet import UNet2DConditionModel
 from conftest import assert_close, script_roundtrip
 from safetensors.torch import load_file
@@ -285,7 +286,7 @@ def test_exported_unet_and_manifest(fixture, edit, exported):
     """The `convert` CLI's unet.pt has forward_edit and the attributes; the manifest announces them."""
     folder = exported(fixture)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["source"]["exporter_version"] == "0.3.0"
+    assert manifest["source"]["exporter_version"] == EXPORTER_VERSION
     assert manifest["capabilities"] == ["attention_control"]
     table = edit.json["attention_layers"]
     sized = ("query_hw", "keys")

@@ -93,6 +93,27 @@ for (const name of fixtureNames()) {
       expect(count(out.first, "blipdiff test warning (generate)")).toBe(2);
     });
 
+    it("linear layers run on oneDNN's matmul on the CPU; BLIPDIFF_ONEDNN_LINEAR=0 keeps ATen's GEMM", () => {
+      // oneDNN's own log (ONEDNN_VERBOSE=1, on stdout) names every primitive it executes: the exporter's Linear
+      // runs as an inner_product primitive when the runtime switched it on at load, and never otherwise.
+      const body = `
+        const p = new a.Pipeline();
+        await p.load(spec, { device: "cpu", dtype: "float32", verifyChecksums: false });
+        await p.generate(params);
+        process.stdout.write("\\nDONE\\n");`;
+      const innerProducts = (r: ChildResult): number => {
+        expect(r.status).toBe(0);
+        expect(r.stdout).toContain("\nDONE\n");
+        return r.stdout.split("\n").filter((l) => /^onednn_verbose,.*,exec,cpu,inner_product,/.test(l)).length;
+      };
+      const on = child(body, params({ steps: 1 }), { ONEDNN_VERBOSE: "1" });
+      const off = child(body, params({ steps: 1 }), { ONEDNN_VERBOSE: "1", BLIPDIFF_ONEDNN_LINEAR: "0" });
+      expect(innerProducts(on)).toBeGreaterThan(0);
+      expect(innerProducts(off)).toBe(0);
+      // The convolutions are oneDNN's either way, so the log itself was on in both runs.
+      expect(off.stdout).toMatch(/^onednn_verbose,.*,exec,cpu,convolution,/m);
+    });
+
     it("exitNow(code) ends the process at once, while a native step runs, without exit handlers", () => {
       // 200 images x 50 steps would run for minutes; the child exits on the first step's progress.
       const r = child(

@@ -104,6 +104,23 @@ bool channels_last_enabled() {
   return !(env && std::string(env) == "0");
 }
 
+// Routes the linear layers of CPU float32 modules through oneDNN's matmul (the exporter's Linear, from exporter
+// 0.4.0: its `cpu_onednn` switch; it applies only with gradients off, so fine-tuning keeps ATen's differentiable
+// F.linear). On the benchmark CPU (AMD EPYC, AVX-512) ATen's float32 GEMM runs 2-3x slower than oneDNN's, and
+// linear layers are half of a UNet call (docs/benchmarks.md). The weights stay as they are: no copy, no packing.
+// Modules from older exports have no switch and keep F.linear. BLIPDIFF_ONEDNN_LINEAR=0 turns it off.
+void use_onednn_linear(torch::jit::Module& module) {
+  for (const auto& m : module.named_modules()) {
+    torch::jit::Module sub = m.value;
+    if (sub.hasattr("cpu_onednn") && sub.attr("cpu_onednn").isBool()) sub.setattr("cpu_onednn", true);
+  }
+}
+
+bool onednn_linear_enabled() {
+  const char* env = std::getenv("BLIPDIFF_ONEDNN_LINEAR");
+  return !(env && std::string(env) == "0");
+}
+
 }  // namespace
 
 torch::jit::Module load_module(const ModuleFile& file, const std::string& what, const LoadOptions& options,
@@ -117,6 +134,7 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
     module.eval();
     if (options.dtype != DType::kFloat32) cast_floating(module, to_scalar_type(options.dtype));
     if (device.is_cpu() && channels_last_enabled()) to_channels_last(module);
+    if (device.is_cpu() && options.dtype == DType::kFloat32 && onednn_linear_enabled()) use_onednn_linear(module);
     if (options.optimize) {
       module = torch::jit::optimize_for_inference(module);
     }
