@@ -80,6 +80,14 @@ kill $smi 2>/dev/null || true
 log "peak GPU memory during the float16 run: $(sort -n "$OUT/gpu-mem-fp16.txt" | tail -1) MiB"
 run gpu-bf16-512 --device cuda --dtype bfloat16 --width 512 --height 512 --steps 25 --runs 3
 run gpu-fp32-512 --device cuda --dtype float32 --width 512 --height 512 --steps 25 --runs 3
+# TorchScript's graph optimization (issue #9): off on the CPU by default, libtorch's default (on) on CUDA. Both
+# settings on CUDA, interleaved, each a fresh process: run 0 is the cold (first) image, run 1 the warm one.
+for pair in 1 2; do
+  for jit in 1 0; do
+    BLIPDIFF_JIT_OPTIMIZE=$jit run gpu-fp16-512-jit$jit-$pair --device cuda --dtype float16 --width 512 --height 512 \
+      --steps 25 --runs 2
+  done
+done
 # Fine-tuning (issue #7): 80 steps of each mode at 512x512, batch 3, bf16 autocast with float32 master weights
 # (the pipeline loads in float16; full mode trains float32 copies). Goal on an H100: full <= 15 s, LoRA <= 8 s.
 for mode in lora full; do

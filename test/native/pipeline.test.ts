@@ -360,6 +360,30 @@ for (const name of fixtureNames()) {
       }
     });
 
+    it("the CPU's unoptimized TorchScript graphs and libtorch's optimized ones (BLIPDIFF_JIT_OPTIMIZE=1) give the same latents", async () => {
+      // Read at every call; the second and third calls with optimization on are its profiled and optimized runs.
+      const p = new (addon().Pipeline)();
+      await p.load(specOf(f.model()), { device: "cpu", dtype: "float32", verifyChecksums: false });
+      try {
+        const plain = await p.generate(params("cfg"));
+        process.env.BLIPDIFF_JIT_OPTIMIZE = "1";
+        try {
+          for (let run = 0; run < 3; run++) {
+            const optimized = await p.generate(params("cfg"));
+            optimized.stepLatents!.forEach((s, i) => {
+              const r = compare(s.data, plain.stepLatents![i].data);
+              expect(r.ok, `run ${run}, step ${i}: max diff ${r.max}`).toBe(true);
+              expect(compare(s.data, f.f32(`pipe.cfg.step${i}.latents`)).ok, `run ${run}, step ${i} vs golden`).toBe(true);
+            });
+          }
+        } finally {
+          delete process.env.BLIPDIFF_JIT_OPTIMIZE;
+        }
+      } finally {
+        await p.dispose();
+      }
+    });
+
     it("dispose during a run waits for it, then refuses new calls", async () => {
       const p = new (addon().Pipeline)();
       await p.load(specOf(f.model()), { device: "cpu", dtype: "float32", verifyChecksums: false });

@@ -159,6 +159,19 @@ void configure_jit_executor_once() {
   });
 }
 
+namespace {
+
+bool jit_optimize(const c10::Device& device) {
+  const char* env = std::getenv("BLIPDIFF_JIT_OPTIMIZE");
+  if (env && std::string(env) == "1") return true;
+  if (env && std::string(env) == "0") return false;
+  return !device.is_cpu();
+}
+
+}  // namespace
+
+InferenceGraphs::InferenceGraphs(const c10::Device& device) : guard_(jit_optimize(device)) {}
+
 LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, const c10::Device& device,
                          const std::atomic<bool>* cancel) {
   spec.validate();

@@ -2,6 +2,7 @@
 // only from core .cc files.
 #pragma once
 
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include <atomic>
@@ -23,6 +24,22 @@ void configure_cpu_runtime_once();
 
 // Process-wide TorchScript executor settings (BLIPDIFF_JIT_EXECUTOR), applied once at the first load.
 void configure_jit_executor_once();
+
+// TorchScript's graph optimization for the length of an inference call on the calling thread (libtorch keeps the
+// switch per thread, and calls run on worker threads). On the CPU it is off: these graphs spend their time in oneDNN's
+// and ATen's kernels, and the optimizer adds a profiling run and a compilation to the first two calls of every
+// module, which is what a one-image CLI process pays (full-size UNet: 3.2-4.2 s and 3.4-3.8 s for its first two
+// calls, against 2.3-2.5 s and 1.7 s unoptimized; docs/benchmarks.md). On CUDA libtorch's default stays (its fusers
+// work there; unmeasured). BLIPDIFF_JIT_OPTIMIZE=1 or =0 sets it on every device. Fine-tuning keeps the default.
+class InferenceGraphs {
+ public:
+  explicit InferenceGraphs(const c10::Device& device);
+  InferenceGraphs(const InferenceGraphs&) = delete;
+  InferenceGraphs& operator=(const InferenceGraphs&) = delete;
+
+ private:
+  torch::jit::GraphOptimizerEnabledGuard guard_;
+};
 
 struct LoadedModels {
   torch::jit::Module qformer;

@@ -90,6 +90,7 @@ at::Tensor Pipeline::encode_subject(const at::Tensor& pixels, const at::Tensor& 
   }
   const c10::Device device(device_name_);
   c10::InferenceMode inference;
+  InferenceGraphs graphs(device);
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
   require_finite(pixels, "pixels", "the subject picture's pixel values are not finite");
@@ -131,6 +132,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   const c10::Device device(device_name_);
   const at::ScalarType dtype = to_scalar_type(dtype_);
   c10::InferenceMode inference;
+  InferenceGraphs graphs(device);
   c10::OptionalDeviceGuard guard;
   if (device.is_cuda()) guard.reset_device(device);
 

@@ -152,6 +152,7 @@ EditResult run_edit(LoadedModels& models, const ModelSpec& spec, const c10::Devi
   const auto start = Clock::now();
   const at::ScalarType dtype = to_scalar_type(dtype_kind);
   c10::InferenceMode inference;
+  InferenceGraphs graphs(device);
   EditContext c{models, spec, device, dtype, params, progress, cancel};
   EditResult result;
   result.seed = params.seed;
