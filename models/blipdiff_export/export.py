@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 # 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning).
 # 0.3.0: the UNet has forward_edit (prompt-to-prompt attention control); manifest `capabilities`, `attention_control`.
 # 0.4.0: every linear layer is layers.Linear, whose `cpu_onednn` switch lets the runtime use oneDNN's matmul on the
-#        CPU (same parameters and names; exported switched off).
+#        CPU (same parameters and names; exported switched off); convolution weights are stored channels-last.
 EXPORTER_VERSION = "0.4.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
@@ -233,6 +233,16 @@ def attention_control_entries(ckpt: Checkpoint) -> dict[str, Any]:
     return {"capabilities": ["attention_control"], "attention_control": table.manifest_entry()}
 
 
+def store_channels_last(module: torch.nn.Module) -> None:
+    """Stores the 4-D (convolution) weights channels-last, the layout the runtime runs them in on the CPU, so that
+    loading does not copy them again (2.4 GB at full size; the saved strides are kept by torch.jit.load). The
+    runtime makes them contiguous where it wants that layout (CUDA, BLIPDIFF_CHANNELS_LAST=0)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 4 and p.is_floating_point():
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
 def build_module(
     spec: ModuleSpec, ckpt: Checkpoint, random_weights: bool, cache: dict[str, dict[str, torch.Tensor]]
 ) -> tuple[torch.nn.Module, set[str]]:
@@ -279,6 +289,7 @@ def _export_modules(
         except Exception as e:  # TorchScript compile errors are RuntimeErrors with multi-line context
             raise ExportError(f"{spec.name}: torch.jit.script failed: {e}") from e
         path = staging / f"{spec.name}.pt"
+        store_channels_last(scripted)
         torch.jit.save(scripted, str(path))
         del scripted, module
         gc.collect()

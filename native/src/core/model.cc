@@ -89,13 +89,14 @@ void cast_floating(torch::jit::Module& module, at::ScalarType dtype) {
   }
 }
 
-// Stores 4-D weights (convolutions) channels-last. On the CPU, oneDNN's convolutions run faster in
-// NHWC: full-size UNet call 2.52 s -> 2.16 s (1.17x) on the benchmark machine (docs/benchmarks.md).
-// Convolutions follow their weight's layout, so activations flow channels-last without further changes.
-void to_channels_last(torch::jit::Module& module) {
+// Puts 4-D weights (convolutions) in `format`: channels-last on the CPU, where oneDNN's convolutions run faster in
+// NHWC (full-size UNet call 2.52 s -> 2.16 s, 1.17x, on the benchmark machine; docs/benchmarks.md), contiguous on
+// CUDA. Convolutions follow their weight's layout, so activations flow in it without further changes. Exports
+// since 0.4.0 store them channels-last, so on the CPU this copies nothing; older ones are converted here.
+void set_conv_weight_layout(torch::jit::Module& module, at::MemoryFormat format) {
   at::NoGradGuard no_grad;
   for (at::Tensor p : module.parameters()) {
-    if (p.dim() == 4 && p.is_floating_point()) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+    if (p.dim() == 4 && p.is_floating_point() && !p.is_contiguous(format)) p.set_data(p.contiguous(format));
   }
 }
 
@@ -133,7 +134,8 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
     torch::jit::Module module = torch::jit::load(file.path, device);
     module.eval();
     if (options.dtype != DType::kFloat32) cast_floating(module, to_scalar_type(options.dtype));
-    if (device.is_cpu() && channels_last_enabled()) to_channels_last(module);
+    set_conv_weight_layout(module, device.is_cpu() && channels_last_enabled() ? at::MemoryFormat::ChannelsLast
+                                                                              : at::MemoryFormat::Contiguous);
     if (device.is_cpu() && options.dtype == DType::kFloat32 && onednn_linear_enabled()) use_onednn_linear(module);
     if (options.optimize) {
       module = torch::jit::optimize_for_inference(module);
