@@ -27,17 +27,20 @@ import torch
 from . import signals
 from .checkpoint import Checkpoint, read_checkpoint, read_json
 from .errors import ExportError
+from .module_files import save_module
 from .reproducible import reproducible_scripting
 from .tokenizers import resolve_qformer_source, write_clip_tokenizer, write_qformer_tokenizer
 from .weights import LIST_LIMIT, load_into, read_weights
 
 FORMAT = "blipdiff-torchscript"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each module's tensors live beside it in a safetensors file (module_files.py)
 # 0.2.0: attention projections are AdaptableLinear (LoRA fine-tuning).
 # 0.3.0: the UNet has forward_edit (prompt-to-prompt attention control); manifest `capabilities`, `attention_control`.
 # 0.4.0: every linear layer is layers.Linear, whose `cpu_onednn` switch lets the runtime use oneDNN's matmul on the
 #        CPU (same parameters and names; exported switched off); convolution weights are stored channels-last.
-EXPORTER_VERSION = "0.4.0"
+# 0.5.0: format_version 2: the tensors of each module are written to <name>.safetensors beside its archive, which
+#        keeps placeholders, so that the runtime maps them instead of copying them (module_files.py).
+EXPORTER_VERSION = "0.5.0"
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 PUBLISHED_ID = "Salesforce/blipdiffusion"
 RANDOM_SEED = 0
@@ -235,7 +238,7 @@ def attention_control_entries(ckpt: Checkpoint) -> dict[str, Any]:
 
 def store_channels_last(module: torch.nn.Module) -> None:
     """Stores the 4-D (convolution) weights channels-last, the layout the runtime runs them in on the CPU, so that
-    loading does not copy them again (2.4 GB at full size; the saved strides are kept by torch.jit.load). The
+    loading does not copy them again (2.4 GB at full size; the weights file keeps their memory order). The
     runtime makes them contiguous where it wants that layout (CUDA, BLIPDIFF_CHANNELS_LAST=0)."""
     with torch.no_grad():
         for p in module.parameters():
@@ -290,12 +293,18 @@ def _export_modules(
             raise ExportError(f"{spec.name}: torch.jit.script failed: {e}") from e
         path = staging / f"{spec.name}.pt"
         store_channels_last(scripted)
-        torch.jit.save(scripted, str(path))
+        weights = save_module(scripted, path)
         del scripted, module
         gc.collect()
-        size = path.stat().st_size
-        modules[spec.name] = {"file": path.name, "sha256": sha256_file(path)}
-        _log(log, f"{spec.name}: {time.perf_counter() - start:.1f} s, {size / 1e6:.1f} MB -> {path.name}")
+        size = path.stat().st_size + weights.stat().st_size
+        modules[spec.name] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "weights": {"file": weights.name, "sha256": sha256_file(weights)},
+        }
+        _log(
+            log, f"{spec.name}: {time.perf_counter() - start:.1f} s, {size / 1e6:.1f} MB -> {path.name}, {weights.name}"
+        )
         if os.environ.get(TEST_PAUSE_ENV) == spec.name:
             time.sleep(60)  # tests interrupt the export here (see __main__.py)
     return modules

@@ -10,6 +10,7 @@ import pytest
 import torch
 from blipdiff_export.edit_layers import attention_table
 from blipdiff_export.export import EXPORTER_VERSION
+from blipdiff_export.module_files import load_module
 from blipdiff_export.unet import UNet2DConditionModel
 from conftest import assert_close, script_roundtrip
 from safetensors.torch import load_file
@@ -295,7 +296,7 @@ def test_exported_unet_and_manifest(fixture, edit, exported):
         "layers": [{k: v for k, v in layer.items() if k not in sized} for layer in table["layers"]],
     }
     assert manifest["attention_control"] == attention_table(fixture.config("unet")).manifest_entry()
-    unet = torch.jit.load(str(folder / "unet.pt"))
+    unet = load_module(folder / "unet.pt")
     assert list(unet.edit_layer_names) == [layer["name"] for layer in manifest["attention_control"]["layers"]]
     assert unet.edit_blend_level == manifest["attention_control"]["l_star"]
     for case, p in CASES.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from blipdiff_export.export import convert, sha256_file
+from blipdiff_export.module_files import load_module
 from conftest import Fixture, assert_close
 
 _loaded: dict[tuple[Path, str], torch.jit.ScriptModule] = {}
@@ -17,7 +18,7 @@ _loaded: dict[tuple[Path, str], torch.jit.ScriptModule] = {}
 def load(folder: Path, name: str) -> torch.jit.ScriptModule:
     key = (folder, name)
     if key not in _loaded:
-        _loaded[key] = torch.jit.load(str(folder / f"{name}.pt"))
+        _loaded[key] = load_module(folder / f"{name}.pt")
     return _loaded[key]
 
 
@@ -136,14 +137,16 @@ def test_manifest_content(fixture, exported):
     scheduler = json.loads((fixture.ckpt / "scheduler" / "scheduler_config.json").read_text())
     golden = fixture.json["cases"]["qformer"]
 
-    assert m["format"] == "blipdiff-torchscript" and m["format_version"] == 1
+    assert m["format"] == "blipdiff-torchscript" and m["format_version"] == 2
     assert m["source"]["checkpoint"] == f"{fixture.name}/ckpt"
     assert m["source"]["pipeline_class"] == "BlipDiffusionPipeline"
     assert m["source"]["diffusers_version"] == index["_diffusers_version"]
     assert m["source"]["random_weights"] is False
     assert m["source"]["torch_version"] == str(torch.__version__)
     assert sorted(m["modules"]) == ["qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder"]
-    for entry in list(m["modules"].values()) + list(m["tokenizers"].values()):
+    weights = [entry["weights"] for entry in m["modules"].values()]
+    assert [w["file"] for w in weights] == [f"{name}.safetensors" for name in m["modules"]]
+    for entry in list(m["modules"].values()) + weights + list(m["tokenizers"].values()):
         assert sha256_file(folder / entry["file"]) == entry["sha256"]
     assert m["scheduler"] == scheduler
     c = m["config"]
@@ -191,7 +194,13 @@ def test_manifest_content(fixture, exported):
     assert raw.endswith("}\n") and raw == json.dumps(json.loads(raw), indent=2, sort_keys=True) + "\n"
     assert "/work" not in raw and str(Path.home()) not in raw and str(folder) not in raw
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["manifest.json", "qformer_tokenizer", "tokenizer", *(f"{n}.pt" for n in m["modules"])]
+        [
+            "manifest.json",
+            "qformer_tokenizer",
+            "tokenizer",
+            *(f"{n}.pt" for n in m["modules"]),
+            *(f"{n}.safetensors" for n in m["modules"]),
+        ]
     )
 
 
@@ -209,7 +218,7 @@ def test_qformer_max_text_length(fixture, tmp_path, positions):
     folder = convert(str(ckpt), tmp_path / "out", random_weights=True, log=None)
     limit = manifest(folder)["config"]["qformer_max_text_length"]
     assert limit == (positions if positions is not None else 512)  # transformers' Blip2QFormerConfig default
-    qformer = torch.jit.load(str(folder / "qformer.pt"))
+    qformer = load_module(folder / "qformer.pt")
     pixels = fixture["pre.ref.pixel_values"]
     with torch.no_grad():
         for length in (limit, limit + 1):
@@ -230,6 +239,7 @@ def test_controlnet_manifest(fixture, exported):
     # Same weights in both checkpoints -> byte-identical module files.
     for name, entry in plain["modules"].items():
         assert m["modules"][name]["sha256"] == entry["sha256"], name
+        assert m["modules"][name]["weights"]["sha256"] == entry["weights"]["sha256"], name
 
 
 def test_export_twice_is_byte_identical(fixture, tmp_path):
@@ -291,7 +301,7 @@ def test_published_layout(fixture, exported, tmp_path):
     check_qformer(fixture, folder)
     check_text(fixture, folder)
     for name in reference["modules"]:
-        ours = torch.jit.load(str(folder / f"{name}.pt")).state_dict()
+        ours = load_module(folder / f"{name}.pt").state_dict()
         theirs = load(exported(fixture), name).state_dict()
         assert sorted(ours) == sorted(theirs), name
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name

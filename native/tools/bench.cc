@@ -6,7 +6,7 @@
 //                  [--image-size 224] [--steps-offset 1] [--optimize 0|1] [--per-module-load 0|1]
 // --encode-runs N times N subject encodings (cold, then warm) and lists them on stderr.
 // --dump-image FILE writes image 0 of the last run as raw HWC uint8 (to compare devices and dtypes).
-// --per-module-load 1 first times, for each module file on its own, the sha256 check and torch::jit::load.
+// --per-module-load 1 first times, for each module on its own, the sha256 check (archive and weights file) and load_module.
 // --finetune full|lora times a fine-tune instead of generation: [--finetune-steps 80] [--finetune-batch 3]
 //   [--finetune-resolution 512] [--lora-rank 4] (random target pictures, seeded draws).
 // --edit 1 times, in one process and interleaved, a CFG generation, an edit of a generated source and an edit of a
@@ -66,11 +66,16 @@ int main(int argc, char** argv) {
   try {
     const std::string dir = args["model"];
     blipdiff::ModelSpec spec;
-    spec.qformer = {dir + "/qformer.pt", ""};
-    spec.text_encoder = {dir + "/text_encoder.pt", ""};
-    spec.unet = {dir + "/unet.pt", ""};
-    spec.vae_decoder = {dir + "/vae_decoder.pt", ""};
-    spec.vae_encoder = {dir + "/vae_encoder.pt", ""};
+    // Exports of format 2 keep each module's tensors in <name>.safetensors beside it.
+    auto module_file = [&](const std::string& name) {
+      const std::string weights = dir + "/" + name + ".safetensors";
+      return blipdiff::ModuleFile{dir + "/" + name + ".pt", "", std::filesystem::exists(weights) ? weights : "", ""};
+    };
+    spec.qformer = module_file("qformer");
+    spec.text_encoder = module_file("text_encoder");
+    spec.unet = module_file("unet");
+    spec.vae_decoder = module_file("vae_decoder");
+    spec.vae_encoder = module_file("vae_encoder");
     spec.num_query_tokens = integer("num-query-tokens");
     spec.ctx_begin_pos = integer("ctx-begin-pos");
     spec.text_max_length = integer("text-max-length");
@@ -94,18 +99,22 @@ int main(int argc, char** argv) {
       const c10::Device device = blipdiff::resolve_device(options.device);
       per_module = "{";
       for (const char* name : {"qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder", "controlnet"}) {
-        const std::string path = dir + "/" + name + ".pt";
+        const blipdiff::ModuleFile file = module_file(name);
+        const std::string& path = file.path;
         if (!std::filesystem::exists(path)) continue;
         auto start = std::chrono::steady_clock::now();
         (void)blipdiff::sha256_file(path);
+        if (!file.weights.empty()) (void)blipdiff::sha256_file(file.weights);
         const double sha_ms = ms_since(start);
         start = std::chrono::steady_clock::now();
-        { torch::jit::Module m = torch::jit::load(path, device); }
+        { torch::jit::Module m = blipdiff::load_module(file, name, options, device); }
         const double load_ms = ms_since(start);
         if (per_module.size() > 1) per_module += ", ";
         char buf[256];
         std::snprintf(buf, sizeof buf, "\"%s\": {\"sha256Ms\": %.1f, \"loadMs\": %.1f, \"bytes\": %llu}", name, sha_ms,
-                      load_ms, static_cast<unsigned long long>(std::filesystem::file_size(path)));
+                      load_ms,
+                      static_cast<unsigned long long>(std::filesystem::file_size(path) +
+                                                      (file.weights.empty() ? 0 : std::filesystem::file_size(file.weights))));
         per_module += buf;
         std::fprintf(stderr, "{%s}\n", buf);
       }

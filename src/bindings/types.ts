@@ -18,11 +18,21 @@ export interface NativeImage {
 export type NativeDType = "float32" | "float16" | "bfloat16";
 export type NativeSchedulerKind = "pndm" | "ddim" | "dpmpp-2m";
 
+/**
+ * One exported module: its TorchScript archive and, for manifests of format_version 2, the safetensors file that
+ * holds its tensors (mapped into memory at load, not copied), each with its expected sha256 (hex).
+ */
+export interface NativeModuleFile {
+  path: string;
+  sha256: string;
+  weights?: { path: string; sha256: string };
+}
+
 /** What the native pipeline needs from a manifest (src/ parses manifest.json and fills this). */
 export interface NativeModelSpec {
-  /** Absolute paths and expected sha256 (hex) of each module file; `controlnet` is optional. */
-  modules: Record<"qformer" | "text_encoder" | "unet" | "vae_decoder" | "vae_encoder", { path: string; sha256: string }> & {
-    controlnet?: { path: string; sha256: string };
+  /** Absolute paths and expected sha256 of each module; `controlnet` is optional. */
+  modules: Record<"qformer" | "text_encoder" | "unet" | "vae_decoder" | "vae_encoder", NativeModuleFile> & {
+    controlnet?: NativeModuleFile;
   };
   numQueryTokens: number;
   ctxBeginPos: number;

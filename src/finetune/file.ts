@@ -34,7 +34,7 @@ const REDO_FINETUNE = "fine-tune it again with `blipdiff finetune`";
 export type FinetuneMode = "full" | "lora";
 export type SaveDType = "float16" | "float32";
 
-/** The modules a fine-tune depends on, by the sha256 the manifest gives their files. */
+/** The modules a fine-tune depends on, by the sha256 that identifies their weights (ModelManifest.identity). */
 export const BASE_MODULES = ["unet", "text_encoder", "qformer", "vae_encoder"] as const;
 export type BaseModule = (typeof BASE_MODULES)[number];
 /** The modules whose weights a fine-tuned subject is tied to at generation time (a mismatch is refused). */
@@ -66,10 +66,10 @@ export interface FinetuneInfo {
 
 /** The identity of a loaded manifest's model. */
 export function baseModelOf(m: ModelManifest): BaseModelIdentity {
-  const mods = m.spec.modules;
+  const ids = m.identity;
   return {
     ...(typeof m.source.checkpoint === "string" ? { checkpoint: m.source.checkpoint } : {}),
-    sha256: { unet: mods.unet.sha256, text_encoder: mods.text_encoder.sha256, qformer: mods.qformer.sha256, vae_encoder: mods.vae_encoder.sha256 },
+    sha256: { unet: ids.unet, text_encoder: ids.text_encoder, qformer: ids.qformer, vae_encoder: ids.vae_encoder },
   };
 }
 

@@ -134,7 +134,7 @@ export function preflightEdit(m: ModelManifest, o: EditPreflightOptions, names: 
   const tokens = tokenizeEdit(m, prompt, names);
   const warnings: string[] = [];
   const sha = o.subjectEmbedding?.model.qformerSha256;
-  if (sha && sha !== m.spec.modules.qformer.sha256) warnings.push("the subject embedding was made with a different Q-Former than this model's");
+  if (sha && sha !== m.identity.qformer) warnings.push("the subject embedding was made with a different Q-Former than this model's");
   return { settings, prompt, tokens, subject, warnings };
 }
 

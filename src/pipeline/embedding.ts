@@ -34,7 +34,7 @@ export interface SubjectEmbedding {
   subject: string;
   /** Names of the source pictures. */
   sourceImages: string[];
-  /** Identifies the model that made it: manifest source and the Q-Former module's sha256. */
+  /** Identifies the model that made it: manifest source and the sha256 identifying the Q-Former (ModelManifest.identity). */
   model: { checkpoint?: string; qformerSha256?: string };
   /**
    * Set for a fine-tuned subject (`blipdiff finetune`, {@link BlipDiffusionPipeline.finetune}): the UNet weights that

@@ -2,11 +2,13 @@
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import path from "node:path";
-import type { NativeModelSpec } from "../bindings/types.js";
+import type { NativeModelSpec, NativeModuleFile } from "../bindings/types.js";
 import { ModelError, messageOf } from "../errors.js";
 
 export const MANIFEST_FORMAT = "blipdiff-torchscript";
-export const MANIFEST_VERSION = 1;
+/** The manifest format this blipdiff writes (through models/) and reads; 1 is still read (docs/manifest.md). */
+export const MANIFEST_VERSION = 2;
+const READABLE_VERSIONS = [1, 2];
 const FIX = "convert the checkpoint again with `blipdiff convert <checkpoint> --out <dir>`";
 const REQUIRED_MODULES = ["qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder"] as const;
 
@@ -29,6 +31,11 @@ export interface ModelManifest {
   /** Channels of each UNet level (`config.unet_block_out_channels`); undefined for exports that predate the field. */
   unetBlockOutChannels?: number[];
   hasControlnet: boolean;
+  /**
+   * The sha256 that identifies each module's weights (what fine-tunes and subject embeddings record): its weights
+   * file's for format 2, its archive's for format 1 (whose archives hold the weights).
+   */
+  identity: Record<keyof NativeModelSpec["modules"], string>;
   /**
    * Optional features of the exported modules (manifest `capabilities`, exporter 0.3.0 on; [] when absent), e.g.
    * "attention_control": the UNet has the prompt-to-prompt path that edit needs.
@@ -119,10 +126,11 @@ export function readManifest(dir: string): ModelManifest {
   if (!isObj(raw)) throw new ModelError(`${file} is not a JSON object; ${FIX}`);
   if (raw.format !== MANIFEST_FORMAT)
     throw new ModelError(`${file} has format ${JSON.stringify(raw.format)}, expected "${MANIFEST_FORMAT}"; ${FIX}`);
-  if (raw.format_version !== MANIFEST_VERSION)
+  if (!READABLE_VERSIONS.includes(raw.format_version as number))
     throw new ModelError(
-      `${file} has format_version ${JSON.stringify(raw.format_version)}, this blipdiff reads version ${MANIFEST_VERSION}; ${FIX}`,
+      `${file} has format_version ${JSON.stringify(raw.format_version)}, this blipdiff reads versions ${READABLE_VERSIONS.join(" and ")}; ${FIX}`,
     );
+  const version = raw.format_version as number;
   const modules = field(raw, "modules", "manifest", isObj, "an object");
   const cfg = field(raw, "config", "manifest", isObj, "an object");
   const toks = field(raw, "tokenizers", "manifest", isObj, "an object");
@@ -135,11 +143,18 @@ export function readManifest(dir: string): ModelManifest {
     if (!existsSync(p)) missing.push(rel);
     return p;
   };
-  const mod = (name: string): { path: string; sha256: string } => {
+  const mod = (name: string): NativeModuleFile => {
     const m = field(modules, name, "modules", isObj, "an object");
     const rel = field(m, "file", `modules.${name}`, isStr, "a file name");
     const sha256 = field(m, "sha256", `modules.${name}`, isStr, "a sha256");
-    return { path: locate(rel, `modules.${name}.file`), sha256 };
+    const out: NativeModuleFile = { path: locate(rel, `modules.${name}.file`), sha256 };
+    // Format 2 keeps each module's tensors in a safetensors file beside its archive.
+    if (version >= 2) {
+      const w = field(m, "weights", `modules.${name}`, isObj, "an object");
+      const wrel = field(w, "file", `modules.${name}.weights`, isStr, "a file name");
+      out.weights = { path: locate(wrel, `modules.${name}.weights.file`), sha256: field(w, "sha256", `modules.${name}.weights`, isStr, "a sha256") };
+    }
+    return out;
   };
   const specModules = Object.fromEntries(REQUIRED_MODULES.map((n) => [n, mod(n)])) as NativeModelSpec["modules"];
   if (isObj(modules.controlnet)) specModules.controlnet = mod("controlnet");
@@ -201,6 +216,7 @@ export function readManifest(dir: string): ModelManifest {
     qformerMaxTextLength,
     unetBlockOutChannels,
     hasControlnet,
+    identity: Object.fromEntries(Object.entries(specModules).map(([k, f]) => [k, f.weights?.sha256 ?? f.sha256])) as ModelManifest["identity"],
     capabilities: [...capabilities],
     source: isObj(raw.source) ? raw.source : {},
     raw,
@@ -243,7 +259,7 @@ export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
   const c = (m.raw.config ?? {}) as Obj;
   return {
     folder: m.dir,
-    format: `${MANIFEST_FORMAT} v${MANIFEST_VERSION}`,
+    format: `${MANIFEST_FORMAT} v${String(m.raw.format_version)}`,
     source: m.source,
     queryTokens: m.spec.numQueryTokens,
     imageSize: m.imageSize,
@@ -258,7 +274,14 @@ export function summarizeManifest(m: ModelManifest): Record<string, unknown> {
     capabilities: m.capabilities,
     scheduler: m.spec.scheduler._class_name ?? "unknown",
     modules: Object.fromEntries(
-      Object.entries(m.spec.modules).map(([k, v]) => [k, { file: path.relative(m.dir, v.path), bytes: statSync(v.path).size }]),
+      Object.entries(m.spec.modules).map(([k, v]) => [
+        k,
+        {
+          file: path.relative(m.dir, v.path),
+          ...(v.weights ? { weights: path.relative(m.dir, v.weights.path) } : {}),
+          bytes: statSync(v.path).size + (v.weights ? statSync(v.weights.path).size : 0),
+        },
+      ]),
     ),
   };
 }

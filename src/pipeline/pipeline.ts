@@ -237,7 +237,7 @@ export class BlipDiffusionPipeline {
       sourceImages: names,
       model: {
         checkpoint: typeof this.manifest.source.checkpoint === "string" ? this.manifest.source.checkpoint : undefined,
-        qformerSha256: this.manifest.spec.modules.qformer.sha256,
+        qformerSha256: this.manifest.identity.qformer,
       },
     };
   }

@@ -139,7 +139,7 @@ export function preflightGenerate(m: ModelManifest, o: PreflightOptions): Prefli
     throw new ModelError(`--control-image needs a model exported with a ControlNet (blipdiff convert --with-controlnet); ${m.dir} has none`);
   const warnings: string[] = [];
   const sha = o.subjectEmbedding?.model.qformerSha256;
-  if (sha && sha !== m.spec.modules.qformer.sha256) warnings.push("the subject embedding was made with a different Q-Former than this model's");
+  if (sha && sha !== m.identity.qformer) warnings.push("the subject embedding was made with a different Q-Former than this model's");
   const cut = promptWindowWarning(m, prompt);
   if (cut) warnings.push(cut);
   return { sampling, prompt, subject, warnings };

@@ -124,8 +124,8 @@ describe("bad input (CLI)", () => {
     const version = path.join(tmp, "version");
     cpSync(modelDir(name), version, { recursive: true });
     const m = path.join(version, "manifest.json");
-    writeFileSync(m, readFileSync(m, "utf8").replace(/"format_version": 1/, '"format_version": 99'));
-    expectFailure(args({ "--model": version }), 1, /format_version 99, this blipdiff reads version 1; .*blipdiff convert/);
+    writeFileSync(m, readFileSync(m, "utf8").replace(/"format_version": 2/, '"format_version": 99'));
+    expectFailure(args({ "--model": version }), 1, /format_version 99, this blipdiff reads versions 1 and 2; .*blipdiff convert/);
   });
 
   it("unwritable output paths exit 1 before any work", () => {

@@ -55,7 +55,7 @@ for (const name of blendFixtureNames()) {
       expect(Array.from(e.queryEmbeds.data)).toEqual(Array.from(golden.data));
       expect(e.subject).toBe(p.subjects[0][1]);
       expect(e.blend?.map((c) => [c.source, c.subject, c.ratio])).toEqual(inputs.map((f, i) => [path.basename(f), p.subjects[i][1], p.ratio[i]]));
-      expect(e.model.qformerSha256).toBe(readManifest(fx.model).spec.modules.qformer.sha256);
+      expect(e.model.qformerSha256).toBe(readManifest(fx.model).identity.qformer);
 
       const img = path.join(tmp, `${name}-blend.png`);
       const g = runCli([...generateArgs(fx), "--subject-embedding", out, "--quiet", "-o", img]);
@@ -102,7 +102,7 @@ for (const name of blendFixtureNames()) {
       const junk = file("junk.safetensors");
       writeFileSync(junk, "not a tensor file");
       const ft = file("finetuned.safetensors");
-      const sha = m.spec.modules;
+      const sha = m.identity;
       saveFinetunedSubject(
         ft,
         finetunedSubject(base.queryEmbeds, {}, {
@@ -110,7 +110,7 @@ for (const name of blendFixtureNames()) {
           loraRank: 1,
           subject: "dog",
           sourceImages: [],
-          baseModel: { sha256: { unet: sha.unet.sha256, text_encoder: sha.text_encoder.sha256, qformer: sha.qformer.sha256, vae_encoder: sha.vae_encoder.sha256 } },
+          baseModel: { sha256: { unet: sha.unet, text_encoder: sha.text_encoder, qformer: sha.qformer, vae_encoder: sha.vae_encoder } },
           hyperparameters: {},
           losses: [],
           saveDtype: "float32",

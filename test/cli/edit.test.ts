@@ -295,7 +295,7 @@ for (const name of names) {
       });
 
       it("--subject-embedding takes a `blipdiff blend` file: the CLI's images equal the library's with the blended subject", async () => {
-        const qformerSha256 = readManifest(model).spec.modules.qformer.sha256;
+        const qformerSha256 = readManifest(model).identity.qformer;
         const parts = [0, 1].map((i) => {
           const file = path.join(tmp, `part${i}.safetensors`);
           saveSubjectEmbedding(file, { queryEmbeds: t32(`blend.query_embeds.${i}`), subject: gen.params.cond_subject, sourceImages: [], model: { qformerSha256 } });

@@ -161,6 +161,6 @@ describe(`blipdiff finetune: bad input (${name})`, () => {
     });
     saveFinetunedSubject(file, e);
     const gen = ["generate", "--model", modelDir(name), "--subject-embedding", file, "--prompt", "x", "--width", String(cfg.resolution), "--height", String(cfg.resolution), "--steps", "1", "--device", "cpu"];
-    expectFailure(gen, 1, new RegExp(`^error: .*other-base\\.safetensors was fine-tuned from "someone/else" \\(unet sha256 e{12}\\) but --model .* is "${manifest.source.checkpoint}" \\(unet sha256 ${m.spec.modules.unet.sha256.slice(0, 12)}\\)`), "x.png");
+    expectFailure(gen, 1, new RegExp(`^error: .*other-base\\.safetensors was fine-tuned from "someone/else" \\(unet sha256 e{12}\\) but --model .* is "${manifest.source.checkpoint}" \\(unet sha256 ${m.identity.unet.slice(0, 12)}\\)`), "x.png");
   });
 });

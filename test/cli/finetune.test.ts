@@ -97,7 +97,7 @@ for (const name of finetuneFixtureNames()) {
       expect(JSON.parse(metadata.losses)).toEqual(doc.losses);
       expect(JSON.parse(metadata.source_images)).toEqual(fx.images.map((p) => path.basename(p)));
       const manifest = JSON.parse(readFileSync(path.join(model, "manifest.json"), "utf8"));
-      expect(JSON.parse(metadata.base_model).sha256.unet).toBe(manifest.modules.unet.sha256);
+      expect(JSON.parse(metadata.base_model).sha256.unet).toBe(manifest.modules.unet.weights.sha256);
       const ctx = toFloat32(tensors.get("ctx_embeddings_cache")!, "ctx");
       const cache = fx.f32("ft.cache_final");
       expect(allClose(ctx, cache, 1e-4, 1e-4), `ctx max |diff| ${maxAbsDiff(ctx, cache)}`).toBe(true);

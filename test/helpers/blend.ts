@@ -76,7 +76,7 @@ export function blendInputs(fx: BlendFixture): SubjectEmbedding[] {
     queryEmbeds: fx.f32(`blend.query_embeds.${i}`),
     subject,
     sourceImages: [path.basename(picture)],
-    model: { checkpoint: `${fx.name}/ckpt`, qformerSha256: m.spec.modules.qformer.sha256 },
+    model: { checkpoint: `${fx.name}/ckpt`, qformerSha256: m.identity.qformer },
   }));
 }
 

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
-import type { NativeAddon, NativeGenerateParams, NativeModelSpec, NativeTensor } from "../../src/bindings/types.js";
+import type { NativeAddon, NativeGenerateParams, NativeModelSpec, NativeModuleFile, NativeTensor } from "../../src/bindings/types.js";
 import { Fixture, repoRoot } from "../helpers/fixtures.js";
 
 /** The addon under test: BLIPDIFF_ADDON (as src/bindings), else native/build/Release/blipdiff.node. */
@@ -37,9 +37,11 @@ export function ids(f: Fixture, name: string): Int32Array {
  * checks (readManifest), so these tests reach the native backstops (missing module files, checksums). */
 export function specOf(dir: string): NativeModelSpec {
   const m = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8").replace(/-Infinity/g, "null"));
-  const modules: Record<string, { path: string; sha256: string }> = {};
-  for (const [name, mod] of Object.entries(m.modules as Record<string, { file: string; sha256: string }>)) {
+  type Entry = { file: string; sha256: string; weights?: { file: string; sha256: string } };
+  const modules: Record<string, NativeModuleFile> = {};
+  for (const [name, mod] of Object.entries(m.modules as Record<string, Entry>)) {
     modules[name] = { path: path.join(dir, mod.file), sha256: mod.sha256 };
+    if (mod.weights) modules[name].weights = { path: path.join(dir, mod.weights.file), sha256: mod.weights.sha256 };
   }
   return {
     modules: modules as NativeModelSpec["modules"],

@@ -11,9 +11,9 @@ import { addon, addonPath, fixture, specOf } from "./addon.js";
 const RECORD = ".blipdiff-verified";
 const opts = { device: "cpu", dtype: "float32", verifyChecksums: true } as const;
 
-/** Total size of the module files a spec names (what a full verification hashes). */
+/** Total size of the module files a spec names, archives and weights files (what a full verification hashes). */
 function moduleBytes(dir: string): number {
-  return Object.values(specOf(dir).modules).reduce((sum, m) => sum + statSync(m.path).size, 0);
+  return Object.values(specOf(dir).modules).reduce((sum, m) => sum + statSync(m.path).size + (m.weights ? statSync(m.weights.path).size : 0), 0);
 }
 
 for (const name of fixtureNames()) {
@@ -40,8 +40,9 @@ for (const name of fixtureNames()) {
       const lines = readFileSync(path.join(dir, RECORD), "utf8").trim().split("\n");
       expect(lines[0]).toBe("blipdiff-verified 1");
       const manifest = JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8"));
-      for (const [, mod] of Object.entries(manifest.modules as Record<string, { file: string; sha256: string }>)) {
-        expect(lines.some((l) => l.startsWith(`${mod.sha256} `) && l.endsWith(` ${mod.file}`))).toBe(true);
+      type Entry = { file: string; sha256: string; weights: { file: string; sha256: string } };
+      for (const [, mod] of Object.entries(manifest.modules as Record<string, Entry>)) {
+        for (const f of [mod, mod.weights]) expect(lines.some((l) => l.startsWith(`${f.sha256} `) && l.endsWith(` ${f.file}`))).toBe(true);
       }
 
       const unet = path.join(dir, "unet.pt");
@@ -56,6 +57,18 @@ for (const name of fixtureNames()) {
       const after = readFileSync(path.join(dir, RECORD), "utf8");
       expect(after).not.toContain(" unet.pt");
       expect(after).toContain(" text_encoder.pt");
+      expect(after).toContain(" unet.safetensors");
+
+      // The weights file is checked as closely as the archive (unet.pt first gets its byte back).
+      bytes[bytes.length >> 1] ^= 0x01;
+      writeFileSync(unet, bytes);
+      const weights = path.join(dir, "text_encoder.safetensors");
+      const w = readFileSync(weights);
+      w[w.length - 3] ^= 0x01;
+      writeFileSync(weights, w);
+      const err2 = await new (addon().Pipeline)().load(specOf(dir), opts).catch((e: unknown) => e);
+      expect((err2 as { code?: string }).code).toBe("ERR_BLIPDIFF_CHECKSUM");
+      expect((err2 as Error).message).toContain(`checksum mismatch for the text_encoder weights file ${weights} `);
     });
 
     it("the portable SHA-256 (no CPU SHA extensions) gives the manifest's hashes too", () => {

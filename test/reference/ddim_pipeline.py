@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
+from blipdiff_export.module_files import load_module  # noqa: E402  (module files keep their weights beside them)
+
 
 def first(value):
     return value[0] if isinstance(value, (tuple, list)) else value
@@ -71,8 +74,8 @@ def main() -> int:
     tensors = load_file(str(args.fixture / "golden.safetensors"))
     states = tensors["pipe.cfg.text_embeddings"]
     x = tensors["pipe.latents"].clone()
-    unet = torch.jit.load(str(args.model / manifest["modules"]["unet"]["file"]), map_location="cpu").eval()
-    decoder = torch.jit.load(str(args.model / manifest["modules"]["vae_decoder"]["file"]), map_location="cpu").eval()
+    unet = load_module(args.model / manifest["modules"]["unet"]["file"], map_location="cpu").eval()
+    decoder = load_module(args.model / manifest["modules"]["vae_decoder"]["file"], map_location="cpu").eval()
 
     ac = alphas_cumprod(config)
     final_alpha = torch.tensor(1.0) if config.get("set_alpha_to_one") else ac[0]

@@ -86,10 +86,10 @@ describe("fine-tuned subject files", () => {
     expect(JSON.parse(raw.metadata.base_model)).toEqual({
       checkpoint: manifest.source.checkpoint,
       sha256: {
-        unet: manifest.spec.modules.unet.sha256,
-        text_encoder: manifest.spec.modules.text_encoder.sha256,
-        qformer: manifest.spec.modules.qformer.sha256,
-        vae_encoder: manifest.spec.modules.vae_encoder.sha256,
+        unet: manifest.identity.unet,
+        text_encoder: manifest.identity.text_encoder,
+        qformer: manifest.identity.qformer,
+        vae_encoder: manifest.identity.vae_encoder,
       },
     });
     expect(raw.metadata.lora_rank).toBeUndefined();
@@ -153,7 +153,7 @@ describe("fine-tuned subjects against a model", () => {
   it("refuses a subject fine-tuned from another base model, naming both models", () => {
     const base = baseModelOf(manifest);
     const e = finetunedSubject(ctx(), fullTensors(), parts({ baseModel: { checkpoint: "other/ckpt", sha256: { ...base.sha256, unet: "a".repeat(64) } } }));
-    const mine = manifest.spec.modules.unet.sha256.slice(0, 12);
+    const mine = manifest.identity.unet.slice(0, 12);
     expect(() => checkEmbeddingFor(manifest, e, "ft.safetensors")).toThrow(
       new RegExp(`^ft\\.safetensors was fine-tuned from "other/ckpt" \\(unet sha256 a{12}\\) but --model .* is "${manifest.source.checkpoint}" \\(unet sha256 ${mine}\\); use the model it was made from, or fine-tune again on this one$`),
     );

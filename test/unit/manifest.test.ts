@@ -11,10 +11,10 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 const fx = loadFixture(fixtureNames()[0]);
 
 function manifest(): Record<string, any> {
-  const mod = (f: string) => ({ file: f, sha256: "0".repeat(64) });
+  const mod = (f: string) => ({ file: f, sha256: "0".repeat(64), weights: { file: f.replace(/\.pt$/, ".safetensors"), sha256: "1".repeat(64) } });
   return {
     format: "blipdiff-torchscript",
-    format_version: 1,
+    format_version: 2,
     source: { checkpoint: "tiny-a/ckpt" },
     modules: {
       qformer: mod("qformer.pt"),
@@ -49,7 +49,10 @@ function folder(edit: (m: Record<string, any>) => void = () => {}, text?: (s: st
   const dir = path.join(root, `m${n++}`);
   mkdirSync(path.join(dir, "tokenizer"), { recursive: true });
   mkdirSync(path.join(dir, "qformer_tokenizer"), { recursive: true });
-  for (const f of ["qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder"]) writeFileSync(path.join(dir, `${f}.pt`), "x");
+  for (const f of ["qformer", "text_encoder", "unet", "vae_decoder", "vae_encoder"]) {
+    writeFileSync(path.join(dir, `${f}.pt`), "x");
+    writeFileSync(path.join(dir, `${f}.safetensors`), "x");
+  }
   copyFileSync(fx.ckpt("tokenizer", "tokenizer.json"), path.join(dir, "tokenizer", "tokenizer.json"));
   copyFileSync(fx.ckpt("qformer_tokenizer", "tokenizer.json"), path.join(dir, "qformer_tokenizer", "tokenizer.json"));
   const m = manifest();
@@ -67,6 +70,7 @@ describe("manifest.json", () => {
     expect(m.spec.numQueryTokens).toBe(8);
     expect(m.spec.latentScale).toBe(2);
     expect(m.spec.modules.unet.path).toBe(path.join(dir, "unet.pt"));
+    expect(m.spec.modules.unet.weights).toEqual({ path: path.join(dir, "unet.safetensors"), sha256: "1".repeat(64) });
     expect(m.spec.modules.controlnet).toBeUndefined();
     expect(m.spec.scheduler.lambda_min_clipped).toBe(-Infinity);
     expect(m.tokenizers.qformer.cls).toBe(4);
@@ -81,7 +85,25 @@ describe("manifest.json", () => {
 
   it("rejects another format name or version", () => {
     expect(() => readManifest(folder((m) => (m.format = "onnx")))).toThrow(/has format "onnx", expected "blipdiff-torchscript"; .*blipdiff convert/);
-    expect(() => readManifest(folder((m) => (m.format_version = 2)))).toThrow(/format_version 2, this blipdiff reads version 1/);
+    expect(() => readManifest(folder((m) => (m.format_version = 3)))).toThrow(/format_version 3, this blipdiff reads versions 1 and 2/);
+  });
+
+  it("reads format 1 (tensors inside the archives) and requires format 2's weights files", () => {
+    const v1 = readManifest(folder((m) => {
+      m.format_version = 1;
+      for (const entry of Object.values(m.modules) as Record<string, unknown>[]) delete entry.weights;
+    }));
+    expect(v1.spec.modules.unet.weights).toBeUndefined();
+    expect(v1.identity.unet).toBe("0".repeat(64)); // format 1: the archive holds the weights
+    expect(summarizeManifest(v1)).toMatchObject({ format: "blipdiff-torchscript v1", modules: { unet: { file: "unet.pt", bytes: 1 } } });
+    const v2 = readManifest(folder());
+    expect(v2.identity.unet).toBe("1".repeat(64)); // format 2: the weights file's sha256
+    expect(summarizeManifest(v2)).toMatchObject({ format: "blipdiff-torchscript v2", modules: { unet: { file: "unet.pt", weights: "unet.safetensors", bytes: 2 } } });
+    expect(() => readManifest(folder((m) => delete m.modules.unet.weights))).toThrow(/expected an object for modules.unet.weights; .*blipdiff convert/);
+    expect(() => readManifest(folder((m) => (m.modules.vae_decoder.weights.sha256 = 7)))).toThrow(/expected a sha256 for modules.vae_decoder.weights.sha256/);
+    const dir = folder();
+    unlinkSync(path.join(dir, "unet.safetensors"));
+    expect(() => readManifest(dir)).toThrow(/incomplete: missing unet.safetensors; .*blipdiff convert/);
   });
 
   it("lists missing files of an incomplete folder", () => {
@@ -148,7 +170,11 @@ describe("manifest paths stay inside the model folder", () => {
 
   const keys = [
     { key: "modules.unet.file", set: (m: Record<string, any>, f: string) => (m.modules.unet.file = f) },
-    { key: "modules.controlnet.file", set: (m: Record<string, any>, f: string) => (m.modules.controlnet = { file: f, sha256: "0".repeat(64) }) },
+    {
+      key: "modules.controlnet.file",
+      set: (m: Record<string, any>, f: string) => (m.modules.controlnet = { file: f, sha256: "0".repeat(64), weights: { file: "unet.safetensors", sha256: "1".repeat(64) } }),
+    },
+    { key: "modules.unet.weights.file", set: (m: Record<string, any>, f: string) => (m.modules.unet.weights.file = f) },
     { key: "tokenizers.clip.file", set: (m: Record<string, any>, f: string) => (m.tokenizers.clip.file = f) },
     { key: "tokenizers.qformer.file", set: (m: Record<string, any>, f: string) => (m.tokenizers.qformer.file = f) },
   ];

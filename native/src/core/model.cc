@@ -13,6 +13,7 @@
 
 #include "core/cpu_allocator.h"
 #include "core/errors.h"
+#include "core/mapped_weights.h"
 #include "core/verify.h"
 
 namespace blipdiff {
@@ -124,14 +125,38 @@ bool onednn_linear_enabled() {
 
 }  // namespace
 
-torch::jit::Module load_module(const ModuleFile& file, const std::string& what, const LoadOptions& options,
-                               const c10::Device& device) {
+namespace {
+
+// Both files of a module are present; checked for every module before the first is loaded, so a missing file is
+// reported at once rather than after seconds of loading the others.
+void check_module_files_exist(const ModuleFile& file, const std::string& what) {
   if (!std::filesystem::exists(file.path)) {
     throw Error(codes::kModel, "the " + what + " module " + file.path +
                                    " does not exist; re-export the model with `blipdiff convert`");
   }
+  if (!file.weights.empty() && !std::filesystem::exists(file.weights)) {
+    throw Error(codes::kModel, "the " + what + " weights file " + file.weights +
+                                   " does not exist; re-export the model with `blipdiff convert`");
+  }
+}
+
+}  // namespace
+
+torch::jit::Module load_module(const ModuleFile& file, const std::string& what, const LoadOptions& options,
+                               const c10::Device& device) {
+  check_module_files_exist(file, what);
   try {
     torch::jit::Module module = torch::jit::load(file.path, device);
+    if (!file.weights.empty()) {
+      try {
+        attach_mapped_weights(module, file.weights, device);
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception& e) {
+        throw Error(codes::kModel, "the " + what + " weights file " + file.weights + " does not fit its module: " +
+                                       describe(e) + "; re-export the model with `blipdiff convert`");
+      }
+    }
     module.eval();
     if (options.dtype != DType::kFloat32) cast_floating(module, to_scalar_type(options.dtype));
     set_conv_weight_layout(module, device.is_cpu() && channels_last_enabled() ? at::MemoryFormat::ChannelsLast
@@ -141,6 +166,8 @@ torch::jit::Module load_module(const ModuleFile& file, const std::string& what, 
       module = torch::jit::optimize_for_inference(module);
     }
     return module;
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     throw Error(codes::kModel, "while loading the " + what + " module " + file.path + ": " + describe(e));
   }
@@ -186,17 +213,24 @@ LoadedModels load_models(const ModelSpec& spec, const LoadOptions& options, cons
     return load_module(file, what, options, device);
   };
   if (options.subject_only) {
-    if (options.verify_checksums) verify_files({{"qformer", spec.qformer}}, cancel);
+    if (options.verify_checksums) verify_files(module_files("qformer", spec.qformer), cancel);
     LoadedModels models;
     models.qformer = load(spec.qformer, "qformer");
     check_cancel(cancel, "end");
     return models;
   }
+  const std::pair<const char*, const ModuleFile*> modules[] = {
+      {"qformer", &spec.qformer},         {"text_encoder", &spec.text_encoder}, {"unet", &spec.unet},
+      {"vae_decoder", &spec.vae_decoder}, {"vae_encoder", &spec.vae_encoder}};
+  for (const auto& [name, file] : modules) check_module_files_exist(*file, name);
   if (options.verify_checksums) {
-    std::vector<NamedFile> files = {{"qformer", spec.qformer},         {"text_encoder", spec.text_encoder},
-                                    {"unet", spec.unet},               {"vae_decoder", spec.vae_decoder},
-                                    {"vae_encoder", spec.vae_encoder}};
-    if (spec.controlnet) files.push_back({"controlnet", *spec.controlnet});
+    std::vector<NamedFile> files;
+    for (const auto& [name, file] : modules) {
+      for (NamedFile& f : module_files(name, *file)) files.push_back(std::move(f));
+    }
+    if (spec.controlnet) {
+      for (NamedFile& f : module_files("controlnet", *spec.controlnet)) files.push_back(std::move(f));
+    }
     verify_files(files, cancel);
   }
   LoadedModels models;

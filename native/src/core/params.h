@@ -47,6 +47,10 @@ class SchedulerConfig {
 struct ModuleFile {
   std::string path;
   std::string sha256;  // lowercase hex; empty skips verification of this file
+  // Manifest format_version 2: the safetensors file holding the module's tensors (the archive keeps empty
+  // placeholders; core/mapped_weights.h) and its sha256. Empty for format 1, whose archives hold their tensors.
+  std::string weights;
+  std::string weights_sha256;
 };
 
 struct ModelSpec {

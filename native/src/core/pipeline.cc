@@ -304,7 +304,7 @@ FinetuneResult Pipeline::finetune(const FinetuneParams& params, const FinetunePr
   auto reload_unet = [&] {
     if (!in_place) return;
     try {
-      if (options_.verify_checksums) verify_files({{"unet", spec_.unet}}, nullptr);
+      if (options_.verify_checksums) verify_files(module_files("unet", spec_.unet), nullptr);
       models_->unet = torch::jit::Module();  // frees the trained weights before the load
       release_cached_cpu_memory();
       models_->unet = load_module(spec_.unet, "unet", options_, device);

@@ -107,6 +107,12 @@ void write_records(const fs::path& dir, const std::map<std::string, Record>& rec
 
 }  // namespace
 
+std::vector<NamedFile> module_files(const std::string& name, const ModuleFile& file) {
+  std::vector<NamedFile> out = {{name + " module", {file.path, file.sha256, "", ""}}};
+  if (!file.weights.empty()) out.push_back({name + " weights file", {file.weights, file.weights_sha256, "", ""}});
+  return out;
+}
+
 void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* cancel) {
   struct Job {
     const NamedFile* file;
@@ -150,7 +156,7 @@ void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* 
       changed[path.parent_path()] = true;
       if (!first_error) {
         first_error = std::make_exception_ptr(
-            Error(codes::kChecksum, "checksum mismatch for the " + job.file->what + " module " + job.file->file.path +
+            Error(codes::kChecksum, "checksum mismatch for the " + job.file->what + " " + job.file->file.path +
                                         " (expected sha256 " + job.expected + ", found " + actual +
                                         "): the file is damaged or was changed; re-export the model with "
                                         "`blipdiff convert`"));

@@ -10,9 +10,12 @@
 namespace blipdiff {
 
 struct NamedFile {
-  std::string what;  // "unet", ... (for messages)
-  ModuleFile file;
+  std::string what;  // "unet module", "unet weights file", ... (for messages)
+  ModuleFile file;   // path and sha256 (its weights fields are not read)
 };
+
+// The files of module `name` to verify: its archive and, for format 2, its weights file.
+std::vector<NamedFile> module_files(const std::string& name, const ModuleFile& file);
 
 // Checks every file that has an expected sha256; missing files are left to the loader's message.
 // Files are hashed in parallel. Hashing a full-size model takes seconds to half a minute, so a

@@ -42,7 +42,14 @@ namespace {
 ModuleFile module_file(const Napi::Object& modules, const char* key) {
   const std::string name = std::string("modules.") + key;
   const Napi::Object m = object_arg(modules.Get(key), name);
-  return {string(m, "path", name + "."), string(m, "sha256", name + ".")};
+  ModuleFile file{string(m, "path", name + "."), string(m, "sha256", name + "."), "", ""};
+  const Napi::Value weights = m.Get("weights");
+  if (!weights.IsUndefined() && !weights.IsNull()) {
+    const Napi::Object w = object_arg(weights, name + ".weights");
+    file.weights = string(w, "path", name + ".weights.");
+    file.weights_sha256 = string(w, "sha256", name + ".weights.");
+  }
+  return file;
 }
 
 }  // namespace
