@@ -108,8 +108,8 @@ void write_records(const fs::path& dir, const std::map<std::string, Record>& rec
 }  // namespace
 
 std::vector<NamedFile> module_files(const std::string& name, const ModuleFile& file) {
-  std::vector<NamedFile> out = {{name + " module", {file.path, file.sha256, "", ""}}};
-  if (!file.weights.empty()) out.push_back({name + " weights file", {file.weights, file.weights_sha256, "", ""}});
+  std::vector<NamedFile> out = {{name + " module", file.path, file.sha256}};
+  if (!file.weights.empty()) out.push_back({name + " weights file", file.weights, file.weights_sha256});
   return out;
 }
 
@@ -123,9 +123,9 @@ void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* 
   std::map<fs::path, std::map<std::string, Record>> records;  // per folder
   std::vector<Job> jobs;
   for (const NamedFile& f : files) {
-    if (f.file.sha256.empty() || !fs::exists(f.file.path)) continue;
-    Job job{&f, lower(f.file.sha256), stamp_of(f.file.path), {}};
-    const fs::path path(f.file.path);
+    if (f.sha256.empty() || !fs::exists(f.path)) continue;
+    Job job{&f, lower(f.sha256), stamp_of(f.path), {}};
+    const fs::path path(f.path);
     const fs::path dir = path.parent_path();
     if (!records.count(dir)) records[dir] = read_records(dir);
     const auto& known = records[dir];
@@ -136,7 +136,7 @@ void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* 
   if (jobs.empty()) return;
   // One thread per file: hashing is CPU-bound per file and the files are few.
   for (Job& job : jobs) {
-    const std::string path = job.file->file.path;
+    const std::string path = job.file->path;
     job.hash = std::async(std::launch::async, [path, cancel] { return sha256_file(path, cancel); });
   }
   std::exception_ptr first_error;
@@ -149,14 +149,14 @@ void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* 
       if (!first_error) first_error = std::current_exception();
       continue;
     }
-    const fs::path path(job.file->file.path);
+    const fs::path path(job.file->path);
     auto& known = records[path.parent_path()];
     if (actual != job.expected) {
       known.erase(path.filename().string());
       changed[path.parent_path()] = true;
       if (!first_error) {
         first_error = std::make_exception_ptr(
-            Error(codes::kChecksum, "checksum mismatch for the " + job.file->what + " " + job.file->file.path +
+            Error(codes::kChecksum, "checksum mismatch for the " + job.file->what + " " + job.file->path +
                                         " (expected sha256 " + job.expected + ", found " + actual +
                                         "): the file is damaged or was changed; re-export the model with "
                                         "`blipdiff convert`"));
@@ -164,7 +164,7 @@ void verify_files(const std::vector<NamedFile>& files, const std::atomic<bool>* 
       continue;
     }
     // Stamp taken before hashing: a file rewritten while it was hashed does not get a record.
-    if (job.stamp && stamp_of(job.file->file.path) == job.stamp) {
+    if (job.stamp && stamp_of(job.file->path) == job.stamp) {
       known[path.filename().string()] = Record{actual, *job.stamp};
       changed[path.parent_path()] = true;
     }

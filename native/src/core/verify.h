@@ -10,8 +10,9 @@
 namespace blipdiff {
 
 struct NamedFile {
-  std::string what;  // "unet module", "unet weights file", ... (for messages)
-  ModuleFile file;   // path and sha256 (its weights fields are not read)
+  std::string what;    // "unet module", "unet weights file", ... (for messages)
+  std::string path;
+  std::string sha256;  // lowercase hex; empty skips this file
 };
 
 // The files of module `name` to verify: its archive and, for format 2, its weights file.
